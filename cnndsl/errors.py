@@ -1,0 +1,165 @@
+"""Diagnostics: every error and warning a user sees, pointing at the text that caused it.
+
+A `Span` is a range of characters in a `Source` (a file, or inline text). Text that
+comes from inside a YAML string is parsed as a `Fragment`, which maps each of its
+characters back to the file, so a diagnostic always names the file's true line.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """The whole text of a spec file (or of inline DSL text, with `path` None)."""
+
+    text: str
+    path: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Source({self.display_name!r})"
+
+    @property
+    def display_name(self) -> str:
+        return self.path if self.path is not None else "<inline>"
+
+    def line_col(self, offset: int) -> tuple[int, int]:
+        """1-based line and column of a character offset.
+
+        >>> Source("ab\\ncd").line_col(3)
+        (2, 1)
+        """
+        starts = self._line_starts()
+        line = bisect.bisect_right(starts, offset) - 1
+        return line + 1, offset - starts[line] + 1
+
+    def line_text(self, line: int) -> str:
+        return self.text.splitlines()[line - 1] if self.text else ""
+
+    def _line_starts(self) -> list[int]:
+        cached = self.__dict__.get("_starts")
+        if cached is None:
+            cached = [0] + [i + 1 for i, ch in enumerate(self.text) if ch == "\n"]
+            object.__setattr__(self, "_starts", cached)
+        return cached
+
+
+@dataclass(frozen=True)
+class Span:
+    source: Source
+    start: int
+    end: int
+
+    def __repr__(self) -> str:
+        return f"Span({self.source.display_name}:{self.line}:{self.col})"
+
+    @property
+    def line(self) -> int:
+        return self.source.line_col(self.start)[0]
+
+    @property
+    def col(self) -> int:
+        return self.source.line_col(self.start)[1]
+
+    def text(self) -> str:
+        return self.source.text[self.start:self.end]
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A piece of a source (a YAML scalar) parsed on its own.
+
+    `offsets[i]` is the position in `source.text` of `text[i]`; None means the
+    fragment is the source itself.
+    """
+
+    source: Source
+    text: str
+    offsets: tuple[int, ...] | None = None
+
+    def span(self, start: int, end: int) -> Span:
+        if self.offsets is None:
+            return Span(self.source, start, end)
+        last = len(self.offsets) - 1
+        first = self.offsets[min(start, last)]
+        stop = self.offsets[min(max(end - 1, start), last)] + 1
+        return Span(self.source, first, max(stop, first + 1))
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: str  # "error" | "warning" | "note"
+    message: str
+    span: Span | None = None
+    notes: tuple["Diagnostic", ...] = ()
+
+    def format(self) -> str:
+        """`file:line:col: severity: message`, the source line, and a caret span."""
+        if self.span is None:
+            head = f"{self.severity}: {self.message}"
+            return "\n".join([head] + [n.format() for n in self.notes])
+        src, line, col = self.span.source, self.span.line, self.span.col
+        text = src.line_text(line)
+        width = max(1, min(self.span.end - self.span.start, len(text) - col + 1))
+        lines = [
+            f"{src.display_name}:{line}:{col}: {self.severity}: {self.message}",
+            "    " + text.expandtabs(1),
+            "    " + " " * (col - 1) + "^" * width,
+        ]
+        return "\n".join(lines + [n.format() for n in self.notes])
+
+    def to_dict(self) -> dict:
+        where = {"file": None, "line": None, "col": None, "end_line": None, "end_col": None}
+        if self.span is not None:
+            src = self.span.source
+            end_line, end_col = src.line_col(max(self.span.end - 1, self.span.start))
+            where = {"file": src.path, "line": self.span.line, "col": self.span.col,
+                     "end_line": end_line, "end_col": end_col + 1}
+        return {"severity": self.severity, "message": self.message, **where,
+                "notes": [n.message for n in self.notes]}
+
+
+class CnnDslError(Exception):
+    """The one exception cnndsl raises for bad input; `str()` is the full diagnostic."""
+
+    def __init__(self, message: str, span: Span | None = None, *,
+                 diagnostics: list[Diagnostic] | None = None):
+        self.diagnostics = diagnostics or [Diagnostic("error", message, span)]
+        super().__init__(str(self))
+
+    @classmethod
+    def from_diagnostics(cls, diagnostics: list[Diagnostic]) -> "CnnDslError":
+        return cls("", diagnostics=[d for d in diagnostics if d.severity == "error"])
+
+    @property
+    def message(self) -> str:
+        return self.diagnostics[0].message
+
+    @property
+    def span(self) -> Span | None:
+        return self.diagnostics[0].span
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def col(self) -> int | None:
+        return self.span.col if self.span else None
+
+    def __str__(self) -> str:
+        return "\n".join(d.format() for d in self.diagnostics)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' — did you mean X?' when a close choice exists, else ''.
+
+    >>> did_you_mean("strid", ["stride", "pad"])
+    " — did you mean 'stride'?"
+    """
+    import difflib
+
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" — did you mean '{lowered[close[0]]}'?" if close else ""

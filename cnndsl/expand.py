@@ -1,0 +1,363 @@
+"""Syntax tree → graph: blocks called, repetitions unrolled, one node per layer.
+
+The graph is a `networkx.DiGraph` whose node keys are hierarchical layer names
+(`stage2.bottle3.conv2`). Each node carries `kind` (a `layers.Kind`), `opts` (its
+resolved options), `written` (the options the user wrote) and `span`. An edge's
+`port` orders the inputs of a CONCAT or ADD. Nodes are added producers first, so
+the graph's node order is a topological order, which every pass relies on.
+
+>>> from cnndsl.parser import parse_program
+>>> g = expand(parse_program("INPUT(3, 8, 8) -> [CONV3-4 -> RELU]*2"))
+>>> list(g)
+['input', 'conv1', 'relu1', 'conv2', 'relu2']
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from . import ast
+from .errors import CnnDslError, Span, did_you_mean
+from .layers import KINDS, MERGE_KINDS, Kind, Opts
+
+DEFAULT_MAX_LAYERS = 100_000
+_HEAD = re.compile(r"([A-Z]+?)(\d+)(?:X(\d+))?")
+_LAYER_NAMES = sorted(set(KINDS) - MERGE_KINDS)
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """An input volume given outside the net (`input:` in a spec, `--input`)."""
+    shape: tuple[int, int, int]
+    span: Span | None = None
+    override: bool = False  # --input replaces even the net's own INPUT
+
+
+def expand(program: ast.Program, given_input: InputShape | None = None,
+           max_layers: int = DEFAULT_MAX_LAYERS) -> nx.DiGraph:
+    _check_block_names(program)
+    first, rest = _split_input(program.net)
+    try:
+        _Counter(program.blocks, max_layers).count(program.net, {})
+        builder = _Builder(program.blocks)
+        tail = builder.add_input(first, given_input, program.net.span)
+        for item in rest:
+            tail = builder.add(item, tail, {}, _Scope(""), ())
+    except RecursionError:
+        raise CnnDslError("blocks call each other too deeply", program.net.span) from None
+    builder.graph.graph["output"] = tail
+    return builder.graph
+
+
+# --- values ----------------------------------------------------------------------
+
+def evaluate(value: ast.Value, env: dict):
+    """A value in the environment of block arguments: a number, or true / false."""
+    if isinstance(value, ast.Num):
+        return value.value
+    if isinstance(value, ast.Ref):
+        if value.name in env:
+            return env[value.name]
+        if value.name.lower() in ("true", "false"):
+            return value.name.lower() == "true"
+        where = f"; parameters here: {', '.join(env)}" if env else ""
+        raise CnnDslError(f"'{value.name}' is not defined{did_you_mean(value.name, env)}{where}",
+                          value.span)
+    if isinstance(value, ast.Neg):
+        return -_whole(value.operand, env)
+    left, right = _whole(value.left, env), _whole(value.right, env)
+    if value.op == "//" and right == 0:
+        raise CnnDslError("division by zero", value.span)
+    return {"+": left + right, "-": left - right, "*": left * right,
+            "//": left // right if right else 0}[value.op]
+
+
+def _whole(value: ast.Value, env: dict) -> int:
+    result = evaluate(value, env)
+    if isinstance(result, bool) or not isinstance(result, int):
+        raise CnnDslError(f"expected a whole number, got {result!r}", value.span)
+    return result
+
+
+def _repeat_count(node: ast.Repeat, env: dict) -> int:
+    n = _whole(node.count, env)
+    if n < 1:
+        raise CnnDslError(f"a repeat count must be at least 1, got {n}", node.count.span)
+    return n
+
+
+def _bind(block: ast.BlockDef, call: ast.Unit, env: dict) -> dict:
+    """The arguments of a block call, by parameter name."""
+    if call.size or call.dash or call.slash or call.dims:
+        raise CnnDslError(f"'{block.name}' is a block: call it as {block.name}(...)", call.span)
+    args = call.args or ()
+    bound: dict = {}
+    for position, arg in enumerate(args):
+        name = arg.name if arg.name is not None else (
+            block.params[position] if position < len(block.params) else None)
+        if name not in block.params:
+            raise CnnDslError(_arity_message(block, args), arg.span if arg.name else call.span)
+        if name in bound:
+            raise CnnDslError(f"argument '{name}' is given twice", arg.span)
+        bound[name] = evaluate(arg.value, env)
+    if len(bound) != len(block.params):
+        raise CnnDslError(_arity_message(block, args), call.span)
+    return bound
+
+
+def _arity_message(block: ast.BlockDef, args) -> str:
+    wanted = f"{len(block.params)} argument{'s' * (len(block.params) != 1)}"
+    names = f" ({', '.join(block.params)})" if block.params else ""
+    return f"block '{block.name}' takes {wanted}{names}, got {len(args)}"
+
+
+# --- layers ----------------------------------------------------------------------
+
+def resolve_kind(unit: ast.Unit) -> tuple[Kind, int | tuple[int, int] | None]:
+    """The layer kind a name spells, and the kernel size written in it.
+
+    >>> resolve_kind(ast.Unit("conv3x5", None, None, None, None, None, None))[1]
+    (3, 5)
+    """
+    upper = unit.name.upper()
+    if upper in KINDS and upper not in MERGE_KINDS:
+        return KINDS[upper], None
+    match = _HEAD.fullmatch(upper)
+    if match and match.group(1) in KINDS and match.group(1) not in MERGE_KINDS:
+        h, w = match.group(2), match.group(3)
+        return KINDS[match.group(1)], int(h) if w is None else (int(h), int(w))
+    guess = did_you_mean(match.group(1) if match else upper, _LAYER_NAMES)
+    raise CnnDslError(f"unknown layer '{unit.name}'{guess}", unit.span)
+
+
+def layer_options(kind: Kind, unit: ast.Unit, size, env: dict) -> tuple[Opts, frozenset]:
+    """Options from the table's defaults, the head (`CONV3-64/2`) and the arguments."""
+    opts = Opts({opt.name: opt.default for opt in kind.options})
+    written: set[str] = set()
+
+    def put(name, value, span):
+        if name in written:
+            raise CnnDslError(f"{kind.name}'s {name} is given twice", span)
+        opts[name] = _coerce(kind, name, value, span)
+        written.add(name)
+
+    for slot, value in zip(kind.head, (unit.size, unit.dash, unit.slash)):
+        if value is not None:
+            _head_slot(kind, slot, value.span)
+            put(slot, evaluate(value, env), value.span)
+    if size is not None:
+        put(_head_slot(kind, kind.head[0], unit.span), size, unit.span)
+    if unit.dims is not None:
+        _put_dims(kind, unit, put)
+    for arg in unit.args or ():
+        put(_argument_name(kind, arg, written), evaluate(arg.value, env), arg.span)
+    missing = [name for name, value in opts.items() if value == "required"]
+    if missing:
+        raise CnnDslError(f"{kind.name} needs its {' and '.join(missing)}: {kind.doc}", unit.span)
+    return opts, frozenset(written)
+
+
+def _head_slot(kind: Kind, slot: str | None, span: Span) -> str:
+    if slot is None:
+        raise CnnDslError(f"{kind.name} takes no such number here: {kind.doc}", span)
+    return slot
+
+
+def _put_dims(kind: Kind, unit: ast.Unit, put) -> None:
+    if kind.name != "INPUT" or len(unit.dims) != 3:
+        raise CnnDslError("only INPUT takes dimensions, written [WxHxD] like [227x227x3]",
+                          unit.span)
+    width, height, depth = unit.dims
+    for name, value in (("channels", depth), ("height", height), ("width", width)):
+        put(name, value, unit.span)
+
+
+def _argument_name(kind: Kind, arg: ast.Arg, written: set) -> str:
+    if arg.name is not None:
+        if kind.option(arg.name) is None:
+            names = [o.name for o in kind.options]
+            hint = did_you_mean(arg.name, names) or (
+                f"; its options are {', '.join(names)}" if names else "; it has no options")
+            raise CnnDslError(f"{kind.name} has no option '{arg.name}'{hint}", arg.span)
+        return arg.name
+    free = [o.name for o in kind.options if o.name not in written]
+    if not free:
+        raise CnnDslError(f"{kind.name} takes no more arguments", arg.span)
+    return free[0]
+
+
+def _coerce(kind: Kind, name: str, value, span: Span):
+    opt = kind.option(name)
+    wanted = opt.type
+    if wanted is bool:
+        if not isinstance(value, bool):
+            raise CnnDslError(f"{kind.name}'s {name} must be true or false, got {value!r}", span)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, tuple)):
+        raise CnnDslError(f"{kind.name}'s {name} must be a number, got {value!r}", span)
+    if wanted in (int, "size") and not isinstance(value, (int, tuple)):
+        raise CnnDslError(f"{kind.name}'s {name} must be a whole number, got {value!r}", span)
+    if wanted is float:
+        value = float(value)
+    for v in value if isinstance(value, tuple) else (value,):
+        if opt.low is not None and not v >= opt.low:
+            raise CnnDslError(f"{kind.name}'s {name} must be at least {opt.low}, got {v}", span)
+        if opt.high is not None and not v <= opt.high:
+            raise CnnDslError(f"{kind.name}'s {name} must be at most {opt.high}, got {v}", span)
+    return value
+
+
+# --- building the graph ---------------------------------------------------------
+
+@dataclass
+class _Scope:
+    """Where names are made: `stage2.` inside the second call of `stage`."""
+    prefix: str
+    counts: Counter = field(default_factory=Counter)
+
+    def name(self, key: str) -> str:
+        self.counts[key] += 1
+        return f"{self.prefix}{key}{self.counts[key]}"
+
+
+class _Builder:
+    def __init__(self, blocks: dict[str, ast.BlockDef]):
+        self.blocks = blocks
+        self.graph = nx.DiGraph()
+
+    def add(self, node: ast.Node, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
+        """Adds `node` reading from `tail`; returns the name of its output node."""
+        if isinstance(node, ast.Chain):
+            for item in node.items:
+                tail = self.add(item, tail, env, scope, calls)
+            return tail
+        if isinstance(node, ast.Repeat):
+            for _ in range(_repeat_count(node, env)):
+                tail = self.add(node.body, tail, env, scope, calls)
+            return tail
+        if isinstance(node, ast.Branch):
+            return self._branch(node, tail, env, scope, calls)
+        if node.name in self.blocks:
+            return self._call(node, tail, env, scope, calls)
+        return self._layer(node, tail, env, scope)
+
+    def add_input(self, first: ast.Unit | None, given: InputShape | None, net_span: Span) -> str:
+        shape, span = self._input_shape(first, given, net_span)
+        opts = Opts(channels=shape[0], height=shape[1], width=shape[2])
+        self._node("input", KINDS["INPUT"], opts, frozenset(opts), span, [])
+        return "input"
+
+    def _input_shape(self, first, given, net_span):
+        if first is not None:
+            opts, _ = layer_options(KINDS["INPUT"], first, None, {})
+            written = (opts.channels, opts.height, opts.width)
+            if given is None or given.override:
+                return (given.shape if given else written), first.span
+            if given.shape != written:
+                raise CnnDslError(f"the net's INPUT {_dims(written)} disagrees with the spec's "
+                                  f"input {_dims(given.shape)}", first.span)
+            return written, first.span
+        if given is None:
+            raise CnnDslError("the network has no input: start it with INPUT(C, H, W), or give "
+                              "`input: [C, H, W]` in the spec or --input C,H,W", net_span)
+        return given.shape, given.span or net_span
+
+    def _layer(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope) -> str:
+        kind, size = resolve_kind(unit)
+        if kind.name == "INPUT":
+            raise CnnDslError("INPUT can only start the network", unit.span)
+        opts, written = layer_options(kind, unit, size, env)
+        name = scope.prefix + unit.label if unit.label else scope.name(kind.name.lower())
+        self._node(name, kind, opts, written, unit.span, [tail])
+        return name
+
+    def _call(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
+        block = self.blocks[unit.name]
+        inner_env = _bind(block, unit, env)
+        prefix = scope.prefix + unit.label if unit.label else scope.name(unit.name)
+        return self.add(block.body, tail, inner_env, _Scope(prefix + "."), calls + (unit.name,))
+
+    def _branch(self, branch: ast.Branch, tail: str, env: dict, scope: _Scope, calls) -> str:
+        name = scope.name(branch.op.lower())
+        if branch.op == "RES":
+            outputs = [self.add(branch.chains[0], tail, env, _Scope(name + "."), calls), tail]
+        else:
+            outputs = [self.add(chain, tail, env, _Scope(f"{name}.b{i}."), calls)
+                       for i, chain in enumerate(branch.chains, 1)]
+        kind = KINDS["CONCAT" if branch.op == "CONCAT" else "ADD"]
+        self._node(name, kind, Opts(op=branch.op), frozenset(), branch.span, outputs)
+        return name
+
+    def _node(self, name, kind, opts, written, span, inputs) -> None:
+        if name in self.graph:
+            first = self.graph.nodes[name]["span"]
+            raise CnnDslError(f"'{name}' names two layers (the first at line {first.line}, "
+                              f"column {first.col})", span)
+        self.graph.add_node(name, kind=kind, opts=opts, written=written, span=span)
+        for port, source in enumerate(inputs):
+            self.graph.add_edge(source, name, port=port)
+
+
+def inputs(graph: nx.DiGraph, name: str) -> list[str]:
+    """A node's inputs in the order they were written (a CONCAT's branch order)."""
+    return sorted(graph.predecessors(name), key=lambda p: graph.edges[p, name]["port"])
+
+
+def _dims(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def _split_input(net: ast.Chain):
+    """The net's leading INPUT layer, if it has one, and the rest of the chain."""
+    first = net.items[0]
+    if isinstance(first, ast.Unit) and first.name.upper() == "INPUT":
+        return first, net.items[1:]
+    return None, net.items
+
+
+def _check_block_names(program: ast.Program) -> None:
+    for block in program.blocks.values():
+        if block.name.upper() in KINDS:
+            raise CnnDslError(f"block '{block.name}' has the name of a layer", block.span)
+
+
+# --- the layer limit, checked before anything is expanded --------------------------
+
+class _Counter:
+    """Counts the layers a net expands to without expanding it, so that a repetition
+    bomb like `((X)*1000)*1000)*1000` is refused at once. Also finds recursion."""
+
+    def __init__(self, blocks: dict[str, ast.BlockDef], limit: int):
+        self.blocks, self.limit, self.memo = blocks, limit, {}
+
+    def count(self, node: ast.Node, env: dict, calls: tuple = ()) -> int:
+        if isinstance(node, ast.Chain):
+            return self._checked(sum(self.count(i, env, calls) for i in node.items), node.span)
+        if isinstance(node, ast.Repeat):
+            n = _repeat_count(node, env)
+            return self._checked(self.count(node.body, env, calls) * n, node.span)
+        if isinstance(node, ast.Branch):
+            return 1 + sum(self.count(c, env, calls) for c in node.chains)
+        if node.name not in self.blocks:
+            return 1
+        return self._call(node, env, calls)
+
+    def _call(self, unit: ast.Unit, env: dict, calls: tuple) -> int:
+        if unit.name in calls:
+            cycle = " → ".join(calls[calls.index(unit.name):] + (unit.name,))
+            raise CnnDslError(f"block '{unit.name}' calls itself: {cycle}", unit.span)
+        block = self.blocks[unit.name]
+        inner_env = _bind(block, unit, env)
+        key = (unit.name, tuple(sorted(inner_env.items(), key=lambda kv: kv[0])))
+        if key not in self.memo:
+            self.memo[key] = self.count(block.body, inner_env, calls + (unit.name,))
+        return self.memo[key]
+
+    def _checked(self, total: int, span: Span) -> int:
+        if total > self.limit:
+            raise CnnDslError(f"this expands to {total:,} layers, more than the limit of "
+                              f"{self.limit:,} (raise it with --max-layers)", span)
+        return total

@@ -1,0 +1,258 @@
+"""Text → syntax tree (`cnndsl.ast`), with Lark and the grammar in grammar/cnndsl.lark.
+
+>>> program = parse_program("INPUT(3, 32, 32) -> CONV3-64 -> RELU")
+>>> [unit.name for unit in program.net.items]
+['INPUT', 'CONV3', 'RELU']
+"""
+from __future__ import annotations
+
+import functools
+
+import lark
+from lark import Transformer, v_args
+
+from . import ast
+from .errors import CnnDslError, Fragment, Source
+from .resources import grammar_text
+
+MAX_NESTING = 100  # brackets deeper than this are refused before Python's recursion limit is near
+
+_OPEN = {"_LPAR": "(", "_LSQB": "[", "_LBRACE": "{"}
+_CLOSE = {"_RPAR": "_LPAR", "_RSQB": "_LSQB", "_RBRACE": "_LBRACE"}
+_CONTINUES_LINE = {"_ARROW", "_COMMA", "_EQUAL"}  # a line break after these continues the statement
+
+# How the parser's expectations read in a diagnostic.
+_TOKEN_WORDS = {
+    "NAME": "a layer or name", "INT": "a number", "FLOAT": "a number",
+    "DIMS": "dimensions like 227x227x3", "BRANCH": "CONCAT, ADD or RES",
+    "_ARROW": "'->'", "_LPAR": "'('", "_RPAR": "')'", "_LSQB": "'['", "_RSQB": "']'",
+    "_LBRACE": "'{'", "_RBRACE": "'}'", "_COMMA": "','", "_EQUAL": "'='", "_COLON": "':'",
+    "_MINUS": "'-'", "_SLASH": "'/'", "_STAR": "'*'", "_PLUS": "'+'", "_FLOORDIV": "'//'",
+    "_NL": "a line break", "$END": "the end of the text",
+}
+
+
+class _Unbalanced(Exception):
+    def __init__(self, message, token):
+        self.message, self.token = message, token
+
+
+class _LinePostlexer:
+    """Drops the line breaks that do not end a statement (see the grammar's header)
+    and checks that brackets pair up, so an unclosed one is reported where it opens."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        opened: list = []
+        pending = previous = None
+        for token in stream:
+            if token.type == "_NL":
+                if not opened and previous is not None and previous.type not in _CONTINUES_LINE:
+                    pending = pending or token
+                continue
+            self._track(token, opened)
+            if pending is not None and token.type != "_ARROW":
+                yield pending
+            pending = None
+            previous = token
+            yield token
+        if opened:
+            raise _Unbalanced(f"'{_OPEN[opened[-1].type]}' is never closed", opened[-1])
+
+    @staticmethod
+    def _track(token, opened):
+        if token.type in _OPEN:
+            opened.append(token)
+            if len(opened) > MAX_NESTING:
+                raise _Unbalanced(f"brackets nested deeper than {MAX_NESTING}", token)
+        elif token.type in _CLOSE:
+            if not opened:
+                raise _Unbalanced(f"'{token}' closes nothing", token)
+            if opened[-1].type != _CLOSE[token.type]:
+                top = opened[-1]
+                raise _Unbalanced(f"'{token}' does not close the '{top}' opened at "
+                                  f"column {top.column} of line {top.line}", token)
+            opened.pop()
+
+
+@functools.cache
+def _lark() -> lark.Lark:
+    return lark.Lark(grammar_text(), parser="lalr", lexer="basic", start=["start", "net", "blockhead"],
+                     propagate_positions=True, maybe_placeholders=True,
+                     postlex=_LinePostlexer(), cache=True)
+
+
+def parse_program(text: str, path: str | None = None) -> ast.Program:
+    """A .cnn file or inline text: block definitions, then the network chain."""
+    fragment = Fragment(Source(text, path), text)
+    return _parse(fragment, "start")
+
+
+def parse_net(fragment: Fragment) -> ast.Chain:
+    return _parse(fragment, "net")
+
+
+def parse_block(head: Fragment, body: Fragment) -> ast.BlockDef:
+    """A YAML `blocks:` entry: key `stage(c, n)`, value the chain."""
+    name, params, span = _parse(head, "blockhead")
+    chain = _parse(body, "net")
+    return ast.BlockDef(name, params, chain, span)
+
+
+def _parse(fragment: Fragment, start: str):
+    try:
+        tree = _lark().parse(fragment.text, start=start)
+        return _ToAst(fragment).transform(tree)
+    except _Unbalanced as e:
+        raise CnnDslError(e.message, fragment.span(e.token.start_pos, e.token.end_pos)) from None
+    except lark.exceptions.UnexpectedInput as e:
+        raise _syntax_error(e, fragment) from None
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, CnnDslError):
+            raise e.orig_exc from None
+        raise
+    except RecursionError:
+        raise CnnDslError("expression nested too deeply", fragment.span(0, len(fragment.text))) from None
+
+
+def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> CnnDslError:
+    text = fragment.text
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        return CnnDslError(f"unexpected character {text[e.pos_in_stream]!r}",
+                           fragment.span(e.pos_in_stream, e.pos_in_stream + 1))
+    token = getattr(e, "token", None)
+    if token is None or token.type == "$END":
+        end = len(text.rstrip()) or 1
+        return CnnDslError(f"the text ends too early; expected {_expected(e)}",
+                           fragment.span(end - 1, end))
+    span = fragment.span(token.start_pos, max(token.end_pos or 0, token.start_pos + 1))
+    if token.type == "_NL":
+        return CnnDslError("this line break ends the chain; to continue it, start the next "
+                           "line with '->' or keep it inside brackets", span)
+    return CnnDslError(f"unexpected {_describe(token)}; expected {_expected(e)}", span)
+
+
+def _describe(token) -> str:
+    return f"'{token}'" if token.type not in ("_NL", "$END") else _TOKEN_WORDS[token.type]
+
+
+def _expected(e) -> str:
+    words = sorted({_TOKEN_WORDS.get(name, name) for name in (e.expected or ())})
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree → `cnndsl.ast` nodes, each with the span of its text."""
+
+    def __init__(self, fragment: Fragment):
+        super().__init__()
+        self.fragment = fragment
+
+    def _span(self, meta):
+        return self.fragment.span(meta.start_pos, meta.end_pos)
+
+    def _token_span(self, token):
+        return self.fragment.span(token.start_pos, token.end_pos)
+
+    def _value(self, item):
+        """A number, a parameter name, or an expression, as an ast value."""
+        if isinstance(item, lark.Token):
+            span = self._token_span(item)
+            if item.type == "INT":
+                return ast.Num(int(item), span)
+            if item.type == "FLOAT":
+                return ast.Num(float(item), span)
+            return ast.Ref(str(item), span)
+        return item
+
+    def start(self, meta, children):
+        *defs, net = children
+        program = ast.Program(net=net)
+        for block in defs:
+            if block.name in program.blocks:
+                raise CnnDslError(f"block '{block.name}' is defined twice", block.span)
+            program.blocks[block.name] = block
+        return program
+
+    def net(self, meta, children):
+        return children[0]
+
+    def blockdef(self, meta, children):
+        name, params, _ = self.blockhead(meta, children[:1])
+        return ast.BlockDef(name, params, children[1], self._span(meta))
+
+    def blockhead(self, meta, children):
+        unit = children[0]
+        args = unit.args or ()
+        if unit.size or unit.dash or unit.slash or unit.dims or unit.label:
+            raise CnnDslError(f"a block is defined as 'name = ...' or 'name(a, b) = ...'; "
+                              f"'{unit.span.text()}' is not a block name", unit.span)
+        params = []
+        for arg in args:
+            if arg.name is not None or not isinstance(arg.value, ast.Ref):
+                raise CnnDslError("a block parameter must be a plain name", arg.span)
+            if arg.value.name in params:
+                raise CnnDslError(f"parameter '{arg.value.name}' is listed twice", arg.span)
+            params.append(arg.value.name)
+        return unit.name, tuple(params), unit.span
+
+    def chain(self, meta, children):
+        return ast.Chain(tuple(children), self._span(meta))
+
+    def group(self, meta, children):
+        return children[0]
+
+    def repeat(self, meta, children):
+        node, *counts = children
+        for count in counts:
+            node = ast.Repeat(node, self._value(count), self._span(meta))
+        return node
+
+    def branch(self, meta, children):
+        op, *chains = children
+        op = str(op).upper()
+        if op == "RES" and len(chains) != 1:
+            raise CnnDslError("RES takes one chain: RES(a) means ADD(a, ID)", self._span(meta))
+        return ast.Branch(op, tuple(chains), self._span(meta))
+
+    def labeled(self, meta, children):
+        name, unit = children
+        return ast.Unit(**{**unit.__dict__, "label": str(name), "span": self._span(meta)})
+
+    def unit(self, meta, children):
+        name, size, dash, slash, dims, args = children
+        v = self._value
+        return ast.Unit(str(name), size, v(dash) if dash is not None else None,
+                        v(slash) if slash is not None else None, dims, args, self._span(meta))
+
+    def dims(self, meta, children):
+        return tuple(int(d) for d in str(children[0]).lower().split("x"))
+
+    def args(self, meta, children):
+        return tuple(arg for arg in children if arg is not None)
+
+    def named_arg(self, meta, children):
+        return ast.Arg(str(children[0]), self._value(children[1]), self._span(meta))
+
+    def positional_arg(self, meta, children):
+        return ast.Arg(None, self._value(children[0]), self._span(meta))
+
+    def negative(self, meta, children):
+        number = self._value(children[0])
+        return ast.Num(-number.value, self._span(meta))
+
+    def brace(self, meta, children):
+        return self._value(children[0])
+
+    def _binop(op):
+        def build(self, meta, children):
+            left, right = (self._value(c) for c in children)
+            return ast.BinOp(op, left, right, self._span(meta))
+        return build
+
+    add, sub, mul, floordiv = _binop("+"), _binop("-"), _binop("*"), _binop("//")
+
+    def neg(self, meta, children):
+        return ast.Neg(self._value(children[0]), self._span(meta))

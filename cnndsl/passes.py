@@ -1,0 +1,205 @@
+"""Passes over the layer graph. Each annotates the graph's nodes in place, in
+topological order (the graph's node order), as torch.fx passes write `node.meta`:
+
+* `resolve_bias`      — `opts["bias"]`: off for a CONV or FC that feeds only a BN (LANGUAGE 2.1)
+* `infer_shapes`      — `shape`, with the fit, volume, groups and branch checks
+* `count_costs`       — `params`, `buffers`, `macs`, `flops`, `unshared_params`, `activations`
+* `receptive_fields`  — `rf` and `jump` per axis (h, w); through branches, the largest
+
+A node whose shape could not be inferred (after an error) has `shape` None, and the
+passes skip it and everything downstream of it.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from .errors import CnnDslError, Diagnostic
+from .expand import inputs
+from .layers import KINDS, ShapeMismatch, describe, numel
+
+
+def resolve_bias(g: nx.DiGraph) -> None:
+    """A CONV or FC whose output goes straight (and only) into BN has no bias."""
+    for name in g:
+        opts = g.nodes[name]["opts"]
+        if "bias" in opts and opts["bias"] is None:
+            consumers = list(g.successors(name))
+            opts["bias"] = not (len(consumers) == 1 and g.nodes[consumers[0]]["kind"] is KINDS["BN"])
+
+
+def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
+    diagnostics: list[Diagnostic] = []
+    for name in g:
+        node = g.nodes[name]
+        xs = [g.nodes[p]["shape"] for p in inputs(g, name)]
+        node["shape"] = None
+        if any(x is None for x in xs):
+            continue
+        try:
+            node["shape"] = _output_shape(node, xs, strict, diagnostics)
+        except CnnDslError as e:
+            diagnostics.extend(e.diagnostics)
+    return diagnostics
+
+
+def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) -> tuple:
+    kind, opts = node["kind"], node["opts"]
+    if kind.merge:
+        try:
+            return kind.shape(opts, xs)
+        except ShapeMismatch:
+            raise CnnDslError(_merge_message(opts["op"], xs), node["span"]) from None
+    x = xs[0] if xs else None
+    written = describe(kind, opts, node["written"])
+    if kind.needs_volume and len(x) != 3:
+        raise CnnDslError(f"{written} needs a C×H×W volume, but its input is a flat vector "
+                          f"of {x[0]} (after FC or FLATTEN)", node["span"])
+    problem = kind.check(opts, x)
+    if problem:
+        raise CnnDslError(f"{written}: {problem}", node["span"])
+    if kind.window is None:
+        return tuple(kind.shape(opts, x))
+    hw = _fit(kind.window(opts), x[1:], written, node["span"], strict, diagnostics)
+    return (kind.out_channels(opts, x[0]),) + hw
+
+
+def _fit(window, hw: tuple, written: str, span, strict: bool, diagnostics: list) -> tuple:
+    """The notes' (N - F + 2P)/S + 1 on each axis, and its diagnostics."""
+    outputs, misfit = [], None
+    for n, k, s, p, d in zip(hw, window.kernel, window.stride, window.pad, window.dilation):
+        extent = d * (k - 1) + 1
+        if n + 2 * p < extent:
+            raise CnnDslError(f"{written}'s {extent}-wide window is larger than its padded "
+                              f"input: {n} + 2·{p} = {n + 2 * p} < {extent}", span)
+        out = window_output(n, extent, s, p, window.ceil)
+        if out < 1:
+            raise CnnDslError(f"{written} leaves no output: {_formula(n, extent, s, p)}", span)
+        # ceil=true asks for the partial last window (as Caffe did): nothing is dropped.
+        if (n - extent + 2 * p) % s and misfit is None and not window.ceil:
+            misfit = (n, extent, s, p, out)
+        outputs.append(out)
+    if misfit:
+        diagnostics.append(_misfit(misfit, hw, written, span, strict))
+    return tuple(outputs)
+
+
+def window_output(n: int, extent: int, stride: int, pad: int, ceil: bool) -> int:
+    """Output side of a sliding window, exactly as PyTorch computes it.
+
+    >>> window_output(7, 3, 3, 0, False), window_output(7, 3, 3, 0, True)
+    (2, 3)
+    """
+    if not ceil:
+        return (n + 2 * pad - extent) // stride + 1
+    out = -(-(n + 2 * pad - extent) // stride) + 1
+    # PyTorch (and Caffe) drop a last window that would start in the right padding.
+    return out - 1 if (out - 1) * stride >= n + pad else out
+
+
+def _formula(n, extent, s, p) -> str:
+    value = (n - extent + 2 * p) / s + 1
+    return f"({n} - {extent} + 2·{p})/{s} + 1 = {value:.3g}"
+
+
+def _misfit(misfit, hw, written, span, strict) -> Diagnostic:
+    n, extent, s, p, out = misfit
+    skipped = (n - extent + 2 * p) % s  # rows of the padded input no window reaches
+    lost = skipped - p                   # ... of which real input, not zero padding
+    message = f"{written} does not fit its {_dims(hw)} input: {_formula(n, extent, s, p)}; "
+    if lost <= 0:
+        message += f"it is floored to {out}; only padding goes unread, no input pixel is lost"
+    elif lost == 1:
+        message += f"it is floored to {out}, and the last row/column of the input is never read"
+    else:
+        message += f"it is floored to {out}, and the last {lost} rows/columns of the input are never read"
+    return Diagnostic("error" if strict else "warning", message, span)
+
+
+def _merge_message(op: str, xs: list[tuple]) -> str:
+    first = xs[0]
+    i, other = next((i, x) for i, x in enumerate(xs[1:], 2) if _disagree(op, first, x))
+    if op == "RES":
+        return (f"RES's chain changes the shape {_dims(other)} → {_dims(first)}, so its input "
+                f"cannot be added back; use a projection shortcut: "
+                f"ADD(..., {_projection(first, other)})")
+    what = "heights and widths" if op == "CONCAT" else "shapes"
+    message = (f"{op} branches disagree in their {what}: branch 1 gives {_dims(first)}, "
+               f"branch {i} gives {_dims(other)}")
+    if op == "ADD":
+        message += f"; add a projection shortcut to branch {i}: {_projection(first, other)}"
+    return message
+
+
+def _disagree(op, a, b) -> bool:
+    return (len(a) != len(b) or a[1:] != b[1:]) if op == "CONCAT" else a != b
+
+
+def _projection(target: tuple, source: tuple) -> str:
+    """The 1×1 conv that maps `source` onto `target`: CONV1-{K}/{S} -> BN."""
+    stride = source[1] // target[1] if len(target) == len(source) == 3 and target[1] else 1
+    return f"CONV1-{target[0]}" + (f"/{stride}" if stride > 1 else "") + " -> BN"
+
+
+def _dims(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def count_costs(g: nx.DiGraph) -> None:
+    for name in g:
+        node = g.nodes[name]
+        kind, opts, y = node["kind"], node["opts"], node["shape"]
+        xs = [g.nodes[p]["shape"] for p in inputs(g, name)]
+        if y is None:
+            node.update(params=0, buffers=0, macs=0, flops=0, unshared_params=0, activations=0)
+            continue
+        x = xs if kind.merge else (xs[0] if xs else None)
+        macs = kind.macs(opts, x, y)
+        params = kind.params(opts, x)
+        fan_in = kind.fan_in(opts, x)
+        node.update(
+            params=params, buffers=kind.buffers(opts, x), macs=macs,
+            flops=2 * macs + kind.flops(opts, x, y),
+            # Without sharing, every output neuron has its own weights and bias (the notes' 105,705,600).
+            unshared_params=numel(y) * (fan_in + bool(opts.get("bias"))) if fan_in else params,
+            activations=numel(y) if kind.allocates else 0,
+        )
+
+
+def receptive_fields(g: nx.DiGraph) -> None:
+    """Receptive field size and jump (input pixels between adjacent outputs), per axis.
+
+    `grid` is the spatial size of the feature map a node's outputs tile, which a
+    global layer (GAP, FC) covers whole, also after a FLATTEN.
+    """
+    for name in g:
+        node = g.nodes[name]
+        sources = [g.nodes[p] for p in inputs(g, name)]
+        if node["shape"] is None:
+            node.update(rf=None, jump=None, grid=None)
+        elif not sources:
+            node.update(rf=(1, 1), jump=(1, 1), grid=node["shape"][1:])
+        elif node["kind"].merge:
+            node.update(rf=_axis_max(s["rf"] for s in sources),
+                        jump=_axis_max(s["jump"] for s in sources), grid=sources[0]["grid"])
+        else:
+            node.update(_grow(node, sources[0]))
+
+
+def _grow(node: dict, source: dict) -> dict:
+    kind, rf, jump = node["kind"], source["rf"], source["jump"]
+    if kind.window is not None:
+        w = kind.window(node["opts"])
+        extents = [d * (k - 1) + 1 for k, d in zip(w.kernel, w.dilation)]
+        return dict(rf=tuple(r + (e - 1) * j for r, e, j in zip(rf, extents, jump)),
+                    jump=tuple(j * s for j, s in zip(jump, w.stride)), grid=node["shape"][1:])
+    if kind.global_rf:
+        grid = source["grid"]
+        return dict(rf=tuple(r + (n - 1) * j for r, n, j in zip(rf, grid, jump)),
+                    jump=tuple(j * n for j, n in zip(jump, grid)), grid=(1, 1))
+    grid = node["shape"][1:] if len(node["shape"]) == 3 else source["grid"]
+    return dict(rf=rf, jump=jump, grid=grid)
+
+
+def _axis_max(pairs) -> tuple[int, int]:
+    pairs = list(pairs)
+    return (max(p[0] for p in pairs), max(p[1] for p in pairs))

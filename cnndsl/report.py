@@ -1,0 +1,82 @@
+"""The analysis as people read it: a rich table of layers with totals beneath."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .analysis import Analysis
+
+
+def human(n: float, unit: str = "") -> str:
+    """1,234,567 → '1.23 M'.
+
+    >>> human(138357544), human(15470264320), human(512)
+    ('138.36 M', '15.47 G', '512')
+    """
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}{unit}"
+    return f"{n:g} {unit}".strip()
+
+
+def human_bytes(n: int) -> str:
+    for factor, prefix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.2f} {prefix}"
+    return f"{n} B"
+
+
+def _shape_text(shape) -> str:
+    return "×".join(map(str, shape)) if shape else "?"
+
+
+def layer_table(analysis: Analysis) -> Table:
+    table = Table(title=f"{analysis.name}", title_justify="left", box=None, pad_edge=False,
+                  header_style="bold")
+    for column, justify in (("layer", "left"), ("written", "left"), ("output", "right"),
+                            ("params", "right"), ("MACs", "right"), ("RF", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for row in analysis.layers():
+        table.add_row(row["name"], row["layer"], _shape_text(row["output"]),
+                      f"{row['params']:,}", f"{row['macs']:,}",
+                      f"{row['rf']}" if row["rf"] else "")
+    return table
+
+
+def totals_table(analysis: Analysis) -> Table:
+    t = analysis.totals()
+    memory, train = t["memory"], t["memory"]["training_estimate"]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column(style="dim")
+    rows = [
+        ("input → output", f"{_shape_text(analysis.input_shape)} → {_shape_text(analysis.output_shape)}", ""),
+        ("layers", f"{t['layers']:,}", ""),
+        ("params (trainable)", f"{t['params']:,}", human(t["params"])),
+        ("buffers", f"{t['buffers']:,}", "BN running statistics"),
+        ("params without sharing", f"{t['unshared_params']:,}", human(t["unshared_params"])),
+        ("MACs", f"{t['macs']:,}", human(t["macs"])),
+        ("FLOPs", f"{t['flops']:,}", human(t["flops"])),
+        ("activations / image", f"{t['activation_elements']:,}",
+         f"{human_bytes(memory['activations_per_image_fp32'])} fp32, "
+         f"{human_bytes(memory['activations_per_image_bf16'])} bf16"),
+        (f"activations / batch of {memory['batch']}", human_bytes(memory["activations_batch_fp32"]),
+         f"fp32; {human_bytes(memory['activations_batch_bf16'])} bf16"),
+        ("training memory (est.)", human_bytes(train["total"]),
+         f"weights {human_bytes(train['weights'])} + gradients + {train['optimizer']} state "
+         f"{human_bytes(train['optimizer_state'])} + activations {human_bytes(train['activations'])}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(analysis: Analysis, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 200  # a file or a pipe gets whole lines, not wrapped ones
+    console.print(layer_table(analysis))
+    console.print()
+    console.print(totals_table(analysis))
