@@ -44,8 +44,9 @@ def expand(program: ast.Program, given_input: InputShape | None = None,
         _Counter(program.blocks, max_layers).count(program.net, {})
         builder = _Builder(program.blocks)
         tail = builder.add_input(first, given_input, program.net.span)
+        top = _Scope("")
         for item in rest:
-            tail = builder.add(item, tail, {}, _Scope(""), ())
+            tail = builder.add(item, tail, {}, top, ())
     except RecursionError:
         raise CnnDslError("blocks call each other too deeply", program.net.span) from None
     builder.graph.graph["output"] = tail

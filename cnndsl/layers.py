@@ -88,6 +88,7 @@ class Kind:
     global_rf: bool = False                # sees its whole input (GAP, FC on a volume)
     allocates: bool = True                 # its output is new memory, not a view of its input
     build: Callable | None = None          # (opts, input shape, m) -> torch module; m = cnndsl.modules
+    emit: Callable | None = None           # merges: (fx graph, input nodes, torch) -> fx node
 
     def option(self, name: str) -> Opt | None:
         return next((o for o in self.options if o.name == name), None)
@@ -209,6 +210,14 @@ def _add_shape(o, xs):
     return xs[0]
 
 
+def _emit_sum(graph, xs, torch):
+    import operator
+    total = xs[0]
+    for x in xs[1:]:
+        total = graph.call_function(operator.add, (total, x))
+    return total
+
+
 class ShapeMismatch(Exception):
     """Raised by a merge's shape rule; the shape pass words the diagnostic."""
 
@@ -262,9 +271,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("FLATTEN", "C×H×W → C·H·W", shape=lambda o, x: (numel(x),), allocates=False,
          build=lambda o, x, m: m.nn.Flatten()),
     Kind("ID", "identity", allocates=False),
-    Kind("CONCAT", "joins its branches along channels", merge=True, shape=_concat_shape),
+    Kind("CONCAT", "joins its branches along channels", merge=True, shape=_concat_shape,
+         emit=lambda graph, xs, torch: graph.call_function(torch.cat, (list(xs), 1))),
     Kind("ADD", "sums its branches", merge=True, shape=_add_shape,
-         flops=lambda o, xs, y: (len(xs) - 1) * numel(y)),
+         flops=lambda o, xs, y: (len(xs) - 1) * numel(y), emit=_emit_sum),
 ]}
 
 # Written only through CONCAT(...), ADD(...) and RES(...), never as a layer.
