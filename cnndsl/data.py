@@ -67,7 +67,11 @@ class _Raw:
 
 def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: float = 0.1,
               seed: int = 0, limit: int | None = None) -> DataSplits:
-    """Load `source` (see the module doc) resized to `input_shape` = (C, H, W)."""
+    """Load `source` (see the module doc) resized to `input_shape` = (C, H, W).
+
+    The validation split is a seeded random `val_fraction` of the training images
+    (after `limit`), unless the data set ships its own (a folder's val/ next to test/).
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise CnnDslError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if limit is not None and limit < 1:
@@ -380,16 +384,20 @@ def _carve(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
 
 
 def _fit(x: torch.Tensor, shape, name: str) -> torch.Tensor:
-    """Adapt channels, then resize to the network's input (C, H, W)."""
+    """Adapt channels and resize to the network's input (C, H, W).
+
+    Resizing happens on the fewer channels (before 1→3, after 3→1): it is the slow part.
+    """
     c = shape[0]
-    if x.shape[1] != c:
-        if x.shape[1] == 1 and c == 3:
-            x = x.expand(-1, 3, -1, -1)  # grey to RGB: the same value in every plane
-        elif x.shape[1] == 3 and c == 1:
-            x = torch.tensordot(x, torch.tensor(LUMA), dims=([1], [0])).unsqueeze(1)
-        else:
-            raise CnnDslError(f"'{name}' has {x.shape[1]}-channel images; cannot adapt to {c}")
-    return _resize(x, shape[1:]).contiguous().float()
+    if x.shape[1] == c:
+        return _resize(x, shape[1:]).contiguous()
+    if x.shape[1] == 1 and c == 3:
+        # grey to RGB: the same value in every plane
+        return _resize(x, shape[1:]).expand(-1, 3, -1, -1).contiguous()
+    if x.shape[1] == 3 and c == 1:
+        grey = torch.tensordot(x, torch.tensor(LUMA), dims=([1], [0])).unsqueeze(1)
+        return _resize(grey, shape[1:]).contiguous()
+    raise CnnDslError(f"'{name}' has {x.shape[1]}-channel images; cannot adapt to {c}")
 
 
 def _resize(x: torch.Tensor, hw) -> torch.Tensor:

@@ -138,7 +138,8 @@ def test_init_schemes():
         assert torch.all(conv.bias == 0)
 
 
-def test_jit_trace_and_torch_compile_accept_the_module():
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")  # deprecated in torch 2.13, still asked for
+def test_jit_trace_torch_compile_and_export_accept_the_module():
     spec = cnndsl.parse("INPUT(3, 16, 16) -> CONV3-8 -> BN -> RELU -> RES(CONV3-8 -> BN) -> "
                         "CONCAT(ID, POOL3/1(pad=1)) -> GAP -> FC-10")
     model = spec.compile().eval()
@@ -150,6 +151,8 @@ def test_jit_trace_and_torch_compile_accept_the_module():
     # benchmarks/gpu_check.sh on a GPU machine).
     compiled = torch.compile(model, backend="aot_eager")
     torch.testing.assert_close(compiled(x), expected)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), expected)
 
 
 def test_compile_refuses_a_spec_with_errors():
