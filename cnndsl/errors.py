@@ -132,6 +132,14 @@ class CnnDslError(Exception):
     def from_diagnostics(cls, diagnostics: list[Diagnostic]) -> "CnnDslError":
         return cls("", diagnostics=[d for d in diagnostics if d.severity == "error"])
 
+    def with_note(self, message: str, span: Span | None) -> "CnnDslError":
+        """The same error, noting where it was reached from (a block call)."""
+        first = self.diagnostics[0]
+        first = Diagnostic(first.severity, first.message, first.span,
+                           first.notes + (Diagnostic("note", message, span),))
+        self.diagnostics = [first] + self.diagnostics[1:]
+        return self
+
     @property
     def message(self) -> str:
         return self.diagnostics[0].message

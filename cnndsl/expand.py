@@ -243,7 +243,7 @@ class _Builder:
             return self._branch(node, tail, env, scope, calls)
         if node.name in self.blocks:
             return self._call(node, tail, env, scope, calls)
-        return self._layer(node, tail, env, scope)
+        return self._layer(node, tail, env, scope, calls)
 
     def add_input(self, first: ast.Unit | None, given: InputShape | None, net_span: Span) -> str:
         shape, span = self._input_shape(first, given, net_span)
@@ -266,20 +266,23 @@ class _Builder:
                               "`input: [C, H, W]` in the spec or --input C,H,W", net_span)
         return given.shape, given.span or net_span
 
-    def _layer(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope) -> str:
+    def _layer(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
         kind, size = resolve_kind(unit)
         if kind.name == "INPUT":
             raise CnnDslError("INPUT can only start the network", unit.span)
         opts, written = layer_options(kind, unit, size, env)
         name = scope.prefix + unit.label if unit.label else scope.name(kind.name.lower())
-        self._node(name, kind, opts, written, unit.span, [tail])
+        self._node(name, kind, opts, written, unit.span, [tail], calls)
         return name
 
     def _call(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
         block = self.blocks[unit.name]
         inner_env = _bind(block, unit, env)
         prefix = scope.prefix + unit.label if unit.label else scope.name(unit.name)
-        return self.add(block.body, tail, inner_env, _Scope(prefix + "."), calls + (unit.name,))
+        try:
+            return self.add(block.body, tail, inner_env, _Scope(prefix + "."), calls + (unit,))
+        except CnnDslError as e:
+            raise e.with_note(call_note(unit), unit.span) from None
 
     def _branch(self, branch: ast.Branch, tail: str, env: dict, scope: _Scope, calls) -> str:
         name = scope.name(branch.op.lower())
@@ -289,17 +292,22 @@ class _Builder:
             outputs = [self.add(chain, tail, env, _Scope(f"{name}.b{i}."), calls)
                        for i, chain in enumerate(branch.chains, 1)]
         kind = KINDS["CONCAT" if branch.op == "CONCAT" else "ADD"]
-        self._node(name, kind, Opts(op=branch.op), frozenset(), branch.span, outputs)
+        self._node(name, kind, Opts(op=branch.op), frozenset(), branch.span, outputs, calls)
         return name
 
-    def _node(self, name, kind, opts, written, span, inputs) -> None:
+    def _node(self, name, kind, opts, written, span, inputs, calls=()) -> None:
         if name in self.graph:
             first = self.graph.nodes[name]["span"]
             raise CnnDslError(f"'{name}' names two layers (the first at line {first.line}, "
                               f"column {first.col})", span)
-        self.graph.add_node(name, kind=kind, opts=opts, written=written, span=span)
+        # `calls`: the block calls (innermost last) this layer was expanded from, for notes.
+        self.graph.add_node(name, kind=kind, opts=opts, written=written, span=span, calls=calls)
         for port, source in enumerate(inputs):
             self.graph.add_edge(source, name, port=port)
+
+
+def call_note(call: ast.Unit) -> str:
+    return f"in {call.span.text()}, called here"
 
 
 def inputs(graph: nx.DiGraph, name: str) -> list[str]:
@@ -354,7 +362,10 @@ class _Counter:
         inner_env = _bind(block, unit, env)
         key = (unit.name, tuple(sorted(inner_env.items(), key=lambda kv: kv[0])))
         if key not in self.memo:
-            self.memo[key] = self.count(block.body, inner_env, calls + (unit.name,))
+            try:
+                self.memo[key] = self.count(block.body, inner_env, calls + (unit.name,))
+            except CnnDslError as e:
+                raise e.with_note(call_note(unit), unit.span) from None
         return self.memo[key]
 
     def _checked(self, total: int, span: Span) -> int:

@@ -300,11 +300,11 @@ def describe(kind: Kind, o: Opts, written: frozenset = frozenset()) -> str:
 
 
 def _written_options(kind: Kind, o: Opts, written: frozenset) -> str:
-    """`(3, 32, 32)` or `(pad=0)`: options past the head as written; a leading run
-    of them positionally, as `INPUT(3, 32, 32)` and `DROPOUT(0.3)` are written."""
+    """`(3, 32, 32)` or `(pad=0)`: the options past the head that were written;
+    positionally when they are all the options there are (`INPUT(3, 32, 32)`, `DROPOUT(0.3)`)."""
     rest = [opt.name for opt in kind.options if opt.name not in kind.head]
     given = [name for name in rest if name in written]
-    positional = given if given == rest[:len(given)] else []
+    positional = given if given == rest else []
     parts = [_option_text(o[n]) if n in positional else f"{n}={_option_text(o[n])}" for n in given]
     return f"({', '.join(parts)})" if parts else ""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .errors import CnnDslError, Diagnostic
-from .expand import inputs
+from .expand import call_note, inputs
 from .layers import KINDS, ShapeMismatch, describe, numel
 
 
@@ -35,11 +35,20 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
         node["shape"] = None
         if any(x is None for x in xs):
             continue
+        found: list[Diagnostic] = []
         try:
-            node["shape"] = _output_shape(node, xs, strict, diagnostics)
+            node["shape"] = _output_shape(node, xs, strict, found)
         except CnnDslError as e:
-            diagnostics.extend(e.diagnostics)
+            found.extend(e.diagnostics)
+        diagnostics.extend(_with_call_notes(d, node["calls"]) for d in found)
     return diagnostics
+
+
+def _with_call_notes(diagnostic: Diagnostic, calls: tuple) -> Diagnostic:
+    """Inside a block, say which call (innermost first) the layer came from."""
+    notes = tuple(Diagnostic("note", call_note(call), call.span) for call in reversed(calls))
+    return Diagnostic(diagnostic.severity, diagnostic.message, diagnostic.span,
+                      diagnostic.notes + notes)
 
 
 def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) -> tuple:
@@ -98,7 +107,8 @@ def window_output(n: int, extent: int, stride: int, pad: int, ceil: bool) -> int
 
 def _formula(n, extent, s, p) -> str:
     value = (n - extent + 2 * p) / s + 1
-    return f"({n} - {extent} + 2·{p})/{s} + 1 = {value:.3g}"
+    # Two decimals, not significant digits: 110.5 must not read as a whole 110.
+    return f"({n} - {extent} + 2·{p})/{s} + 1 = {value:.2f}".rstrip("0").rstrip(".")
 
 
 def _misfit(misfit, hw, written, span, strict) -> Diagnostic:
