@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--batch", type=_positive, default=1, help="batch size for the memory figures")
     analyze.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "none"],
                          help="optimiser state in the training-memory estimate (default: the spec's, or sgd)")
+    analyze.add_argument("--depth", type=_positive, metavar="N",
+                         help="sum layers nested deeper than N name parts into their block's row")
     analyze.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
                          help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
     analyze.set_defaults(run=run_analyze)
@@ -72,7 +74,7 @@ def run_analyze(args) -> int:
         print(json.dumps(analysis.to_dict()))
     else:
         if analysis.ok:
-            print_report(analysis)
+            print_report(analysis, depth=args.depth)
         _print_diagnostics(analysis.diagnostics)
     return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
 

@@ -30,13 +30,36 @@ def _shape_text(shape) -> str:
     return "×".join(map(str, shape)) if shape else "?"
 
 
-def layer_table(analysis: Analysis) -> Table:
+def collapse(rows: list[dict], depth: int | None) -> list[dict]:
+    """Rows of layers nested deeper than `depth` name parts summed into their block's row,
+    as torchinfo's `depth` does: at depth 1, `layer2.bottle3.conv2` counts in `layer2`.
+
+    >>> rows = [dict(name=n, layer=n, output=[1], params=1, macs=2, rf=3) for n in ("a", "b.c", "b.d")]
+    >>> [(r["name"], r["params"]) for r in collapse(rows, 1)]
+    [('a', 1), ('b', 2)]
+    """
+    if depth is None:
+        return rows
+    merged: dict[str, dict] = {}
+    for row in rows:
+        parts = row["name"].split(".")
+        key = ".".join(parts[:depth])
+        if key not in merged:
+            merged[key] = dict(row, name=key, layer=row["layer"] if len(parts) <= depth else "…")
+            continue
+        group = merged[key]
+        group.update(output=row["output"], params=group["params"] + row["params"],
+                     macs=group["macs"] + row["macs"], rf=max(group["rf"] or 0, row["rf"] or 0))
+    return list(merged.values())
+
+
+def layer_table(analysis: Analysis, depth: int | None = None) -> Table:
     table = Table(title=f"{analysis.name}", title_justify="left", box=None, pad_edge=False,
                   header_style="bold")
     for column, justify in (("layer", "left"), ("written", "left"), ("output", "right"),
                             ("params", "right"), ("MACs", "right"), ("RF", "right")):
         table.add_column(column, justify=justify, no_wrap=True)
-    for row in analysis.layers():
+    for row in collapse(analysis.layers(), depth):
         table.add_row(row["name"], row["layer"], _shape_text(row["output"]),
                       f"{row['params']:,}", f"{row['macs']:,}",
                       f"{row['rf']}" if row["rf"] else "")
@@ -72,11 +95,11 @@ def totals_table(analysis: Analysis) -> Table:
     return table
 
 
-def print_report(analysis: Analysis, console: Console | None = None) -> None:
+def print_report(analysis: Analysis, console: Console | None = None, depth: int | None = None) -> None:
     if console is None:
         console = Console()
         if not console.is_terminal:
             console.width = 200  # a file or a pipe gets whole lines, not wrapped ones
-    console.print(layer_table(analysis))
+    console.print(layer_table(analysis, depth))
     console.print()
     console.print(totals_table(analysis))
