@@ -60,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     zoo.set_defaults(run=run_zoo)
 
+    from .train_cli import add_commands  # train, eval, features (torch is imported only when run)
+    add_commands(commands)
     return parser
 
 
 def run_analyze(args) -> int:
-    from .report import print_report
     from .spec import resolve
 
     spec = resolve(args.spec)
@@ -74,6 +75,7 @@ def run_analyze(args) -> int:
         print(json.dumps(analysis.to_dict()))
     else:
         if analysis.ok:
+            from .report import print_report  # rich: only when a table is printed
             print_report(analysis, depth=args.depth)
         _print_diagnostics(analysis.diagnostics)
     return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR

@@ -35,7 +35,10 @@ class Source:
         return line + 1, offset - starts[line] + 1
 
     def line_text(self, line: int) -> str:
-        return self.text.splitlines()[line - 1] if self.text else ""
+        # Lines end at "\n" only, as `line_col` counts them (not splitlines' \f, \x1c, ...);
+        # the line after a final newline (where YAML reports the end of the text) is "".
+        lines = self.text.split("\n")
+        return lines[line - 1].rstrip("\r") if line <= len(lines) else ""
 
     def _line_starts(self) -> list[int]:
         cached = self.__dict__.get("_starts")

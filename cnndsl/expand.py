@@ -41,7 +41,8 @@ def expand(program: ast.Program, given_input: InputShape | None = None,
     _check_block_names(program)
     first, rest = _split_input(program.net)
     try:
-        _Counter(program.blocks, max_layers).count(program.net, {})
+        # INPUT is not counted, as the report's `layers` does not count it.
+        _Counter(program.blocks, max_layers).count(ast.Chain(tuple(rest), program.net.span), {})
         builder = _Builder(program.blocks)
         tail = builder.add_input(first, given_input, program.net.span)
         top = _Scope("")
@@ -117,7 +118,7 @@ def _arity_message(block: ast.BlockDef, args) -> str:
 
 # --- layers ----------------------------------------------------------------------
 
-def resolve_kind(unit: ast.Unit) -> tuple[Kind, int | tuple[int, int] | None]:
+def resolve_kind(unit: ast.Unit, blocks=()) -> tuple[Kind, int | tuple[int, int] | None]:
     """The layer kind a name spells, and the kernel size written in it.
 
     >>> resolve_kind(ast.Unit("conv3x5", None, None, None, None, None, None))[1]
@@ -131,6 +132,9 @@ def resolve_kind(unit: ast.Unit) -> tuple[Kind, int | tuple[int, int] | None]:
         h, w = match.group(2), match.group(3)
         return KINDS[match.group(1)], int(h) if w is None else (int(h), int(w))
     guess = did_you_mean(match.group(1) if match else upper, _LAYER_NAMES)
+    if not guess and not (unit.size or unit.dash or unit.slash or unit.dims):  # a block call?
+        guess = did_you_mean(unit.name, blocks).replace("mean", "mean the block") or \
+            f", and no block '{unit.name}' is defined"
     raise CnnDslError(f"unknown layer '{unit.name}'{guess}", unit.span)
 
 
@@ -267,7 +271,7 @@ class _Builder:
         return given.shape, given.span or net_span
 
     def _layer(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
-        kind, size = resolve_kind(unit)
+        kind, size = resolve_kind(unit, self.blocks)
         if kind.name == "INPUT":
             raise CnnDslError("INPUT can only start the network", unit.span)
         opts, written = layer_options(kind, unit, size, env)

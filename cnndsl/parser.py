@@ -23,8 +23,8 @@ _CONTINUES_LINE = {"_ARROW", "_COMMA", "_EQUAL"}  # a line break after these con
 
 # How the parser's expectations read in a diagnostic.
 _TOKEN_WORDS = {
-    "NAME": "a layer or name", "INT": "a number", "FLOAT": "a number",
-    "DIMS": "dimensions like 227x227x3", "BRANCH": "CONCAT, ADD or RES",
+    "NAME": "a name", "INT": "a number", "FLOAT": "a number",
+    "DIMS": "dimensions like 227x227x3", "BRANCH": "CONCAT/ADD/RES",
     "_ARROW": "'->'", "_LPAR": "'('", "_RPAR": "')'", "_LSQB": "'['", "_RSQB": "']'",
     "_LBRACE": "'{'", "_RBRACE": "'}'", "_COMMA": "','", "_EQUAL": "'='", "_COLON": "':'",
     "_MINUS": "'-'", "_SLASH": "'/'", "_STAR": "'*'", "_PLUS": "'+'", "_FLOORDIV": "'//'",
@@ -122,6 +122,11 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> Cnn
         return CnnDslError(f"unexpected character {text[e.pos_in_stream]!r}",
                            fragment.span(e.pos_in_stream, e.pos_in_stream + 1))
     token = getattr(e, "token", None)
+    reserved = _reserved_word(e, token)
+    if reserved is not None:
+        return CnnDslError(f"'{reserved}' is a reserved word: {str(reserved).upper()}(...) is a "
+                           f"branch, so '{reserved}' cannot name a block",
+                           fragment.span(reserved.start_pos, reserved.end_pos))
     if token is None or token.type == "$END":
         end = len(text.rstrip()) or 1
         return CnnDslError(f"the text ends too early; expected {_expected(e)}",
@@ -131,6 +136,26 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> Cnn
         return CnnDslError("this line break ends the chain; to continue it, start the next "
                            "line with '->' or keep it inside brackets", span)
     return CnnDslError(f"unexpected {_describe(token)}; expected {_expected(e)}", span)
+
+
+# A block named `res`, `add` or `concat` (reserved words) trips the parser just after the
+# word: the parser's stack ends like one of these when the next token does not fit.
+_RESERVED_MISUSE = ((("BRANCH",), None), (("BRANCH", "_LPAR"), {"INT", "FLOAT", "_RPAR"}),
+                    (("BRANCH", "_LPAR", "chain", "_RPAR"), {"_EQUAL"}))
+
+
+def _reserved_word(e, token):
+    if token is not None and token.type == "BRANCH" and set(e.expected or ()) == {"NAME"}:
+        return token  # a YAML `blocks:` key, or after a label
+    state = getattr(getattr(e, "interactive_parser", None), "parser_state", None)
+    stack = list(state.value_stack) if state is not None else []
+    kinds = tuple(getattr(v, "type", None) or getattr(v, "data", None) for v in stack)
+    for shape, after in _RESERVED_MISUSE:
+        if kinds[-len(shape):] == shape and (after is None or getattr(token, "type", None) in after):
+            word = stack[-len(shape)]
+            # `RES()`, `ADD(3)` are branches written wrong, not block calls.
+            return None if len(shape) == 2 and str(word).isupper() else word
+    return None
 
 
 def _describe(token) -> str:

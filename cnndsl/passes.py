@@ -77,9 +77,10 @@ def _fit(window, hw: tuple, written: str, span, strict: bool, diagnostics: list)
     outputs, misfit = [], None
     for n, k, s, p, d in zip(hw, window.kernel, window.stride, window.pad, window.dilation):
         extent = d * (k - 1) + 1
-        if n + 2 * p < extent:
-            raise CnnDslError(f"{written}'s {extent}-wide window is larger than its padded "
-                              f"input: {n} + 2·{p} = {n + 2 * p} < {extent}", span)
+        if n + 2 * p < extent:  # the output side would be below 1
+            raise CnnDslError(f"{written} leaves no output from its {_dims(hw)} input: "
+                              f"{_formula(n, extent, s, p)}; its {extent}-wide window is larger "
+                              f"than its padded input, {n} + 2·{p} = {n + 2 * p} < {extent}", span)
         out = window_output(n, extent, s, p, window.ceil)
         if out < 1:
             raise CnnDslError(f"{written} leaves no output: {_formula(n, extent, s, p)}", span)
@@ -135,8 +136,10 @@ def _merge_message(op: str, xs: list[tuple]) -> str:
     what = "heights and widths" if op == "CONCAT" else "shapes"
     message = (f"{op} branches disagree in their {what}: branch 1 gives {_dims(first)}, "
                f"branch {i} gives {_dims(other)}")
-    if op == "ADD":
-        message += f"; add a projection shortcut to branch {i}: {_projection(first, other)}"
+    if op == "ADD" and len(first) == len(other):
+        # The projection goes on the branch that still has the larger height and width.
+        j, source, target = (1, first, other) if len(first) == 3 and first[1] > other[1] else (i, other, first)
+        message += f"; add a projection shortcut to branch {j}: {_projection(target, source)}"
     return message
 
 
@@ -146,6 +149,8 @@ def _disagree(op, a, b) -> bool:
 
 def _projection(target: tuple, source: tuple) -> str:
     """The 1×1 conv that maps `source` onto `target`: CONV1-{K}/{S} -> BN."""
+    if len(target) == 1:
+        return f"FC-{target[0]} -> BN"
     stride = source[1] // target[1] if len(target) == len(source) == 3 and target[1] else 1
     return f"CONV1-{target[0]}" + (f"/{stride}" if stride > 1 else "") + " -> BN"
 

@@ -53,9 +53,52 @@ def collapse(rows: list[dict], depth: int | None) -> list[dict]:
     return list(merged.values())
 
 
-def layer_table(analysis: Analysis, depth: int | None = None) -> Table:
-    table = Table(title=f"{analysis.name}", title_justify="left", box=None, pad_edge=False,
-                  header_style="bold")
+class LayerTable:
+    """Columns of plain text, laid out in one pass, as a rich renderable.
+
+    rich's `Table` measures, wraps and pads every cell: seconds for the 10,000 rows of
+    a deep net. These cells never wrap, so each row is one line of text. When the rows
+    are wider than the console, rich's `Table` lays them out instead, shrinking columns.
+    """
+
+    def __init__(self, title: str):
+        self.title, self.columns, self.rows = title, [], []
+
+    def add_column(self, header: str, justify: str = "left", **_) -> None:
+        self.columns.append((header, justify))
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def __rich_console__(self, console, options):
+        from rich.segment import Segment
+        from rich.style import Style
+
+        headers = [header for header, _ in self.columns]
+        widths = [max(map(len, column)) for column in zip(headers, *self.rows)]
+        if sum(widths) + 2 * (len(widths) - 1) > options.max_width:
+            yield self._rich_table()
+            return
+
+        def line(cells):
+            return "  ".join(cell.ljust(w) if justify == "left" else cell.rjust(w)
+                             for cell, w, (_, justify) in zip(cells, widths, self.columns)).rstrip()
+        yield Segment(self.title + "\n", Style(italic=True))
+        yield Segment(line(headers) + "\n", Style(bold=True))
+        yield Segment("".join(line(row) + "\n" for row in self.rows))
+
+    def _rich_table(self) -> Table:
+        table = Table(title=self.title, title_justify="left", box=None, pad_edge=False,
+                      header_style="bold")
+        for header, justify in self.columns:
+            table.add_column(header, justify=justify, no_wrap=True)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+def layer_table(analysis: Analysis, depth: int | None = None) -> LayerTable:
+    table = LayerTable(f"{analysis.name}")
     for column, justify in (("layer", "left"), ("written", "left"), ("output", "right"),
                             ("params", "right"), ("MACs", "right"), ("RF", "right")):
         table.add_column(column, justify=justify, no_wrap=True)

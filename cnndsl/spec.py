@@ -15,8 +15,9 @@ import yaml
 
 from . import ast
 from .analysis import Analysis, analyze_graph
-from .errors import CnnDslError, Fragment, Source, Span, did_you_mean
+from .errors import CnnDslError, Diagnostic, Fragment, Source, Span, did_you_mean
 from .expand import DEFAULT_MAX_LAYERS, InputShape, expand
+from .layers import KINDS
 from .parser import parse_block, parse_net, parse_program
 from .resources import zoo_specs
 
@@ -93,12 +94,19 @@ def load(path: str | Path) -> Spec:
 
 def resolve(argument: str) -> Spec:
     """What the command line names: a spec file, a zoo name (`vgg16`), or inline DSL."""
-    if Path(argument).is_file():
+    try:
+        is_file = Path(argument).is_file()
+    except OSError:  # inline DSL text too long to be a file name
+        is_file = False
+    if is_file:
         return load(argument)
     zoo = zoo_specs()
     if argument in zoo:
         return load(zoo[argument])
-    if argument.endswith(SPEC_SUFFIXES) or re.fullmatch(r"[\w.-]*[/\\][\w./\\-]*", argument):
+    # `CONV3-8/2` (with --input) is DSL, not a path, though it has a slash.
+    head = re.match(r"[A-Za-z]*", argument).group().upper()
+    if argument.endswith(SPEC_SUFFIXES) or (
+            re.fullmatch(r"[\w.-]*[/\\][\w./\\-]*", argument) and head not in KINDS):
         raise CnnDslError(f"no such spec file: {argument}")
     if re.fullmatch(r"[a-z][a-z0-9_]*", argument) and did_you_mean(argument, zoo):
         raise CnnDslError(f"no spec named '{argument}' in the zoo{did_you_mean(argument, zoo)}")
@@ -137,15 +145,18 @@ def _top_level(source: Source) -> dict:
         root = yaml.compose(source.text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise _yaml_error(source, e) from None
+    except RecursionError:
+        raise CnnDslError("bad YAML: nested too deeply", Span(source, 0, 1)) from None
+    _refuse_tags(source, root)
     if not isinstance(root, yaml.MappingNode):
         raise CnnDslError("a YAML spec is a mapping with `net:` (and name, input, blocks, ...)",
                           _node_span(source, root) if root else Span(source, 0, 1))
     fields = {}
     for key, value in root.value:
-        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        name = key.value if isinstance(key, yaml.ScalarNode) else _node_span(source, key).text()
         if name not in YAML_KEYS:
-            raise CnnDslError(f"unknown key '{name}'{did_you_mean(str(name), YAML_KEYS)}; "
-                              f"a spec has {', '.join(YAML_KEYS)}", _node_span(source, key))
+            raise CnnDslError(f"unknown key '{name}' (a spec has {', '.join(YAML_KEYS)})"
+                              f"{did_you_mean(str(name), YAML_KEYS)}", _node_span(source, key))
         if name in fields:
             raise CnnDslError(f"key '{name}' is given twice", _node_span(source, key))
         fields[name] = value
@@ -154,9 +165,44 @@ def _top_level(source: Source) -> dict:
 
 def _yaml_error(source: Source, e: yaml.YAMLError) -> CnnDslError:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e)
+    problem = (getattr(e, "problem", None) or str(e)).replace("'<stream end>'", "the end of the file")
+    if problem == "mapping values are not allowed here":
+        problem += " (a value with ': ' in it, like a label `fc6: FC-4096`, is quoted or written as a block, `net: |`)"
     span = Span(source, mark.index, mark.index + 1) if mark else None
-    return CnnDslError(f"bad YAML: {problem}", span)
+    # "while parsing a flow sequence" at the '[' that was never closed: often the real place.
+    context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+    notes = ()
+    if context and where and span is not None and where.index != mark.index:
+        notes = (Diagnostic("note", context.replace("while scanning", "while reading")
+                            .replace("while parsing", "while reading") + " that starts here",
+                            Span(source, where.index, where.index + 1)),)
+    return CnnDslError("", diagnostics=[Diagnostic("error", f"bad YAML: {problem}", span, notes)])
+
+
+_SAFE_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None}
+
+
+def _refuse_tags(source: Source, root) -> None:
+    """A tag the safe loader cannot build is refused by name, before anything is built;
+    `!!python/...` would make Python objects (and run code) with an unsafe loader."""
+    stack, seen = [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.tag not in _SAFE_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            start = node.start_mark.index
+            end = start + len(re.match(r"[^\s,\[\]{}]*", source.text[start:]).group())
+            why = ("it would build a Python object; a spec holds plain data only, and cnndsl "
+                   "reads YAML with a safe loader" if "python/" in tag else
+                   "a spec holds plain data only: text, numbers, lists and mappings")
+            raise CnnDslError(f"the YAML tag '{tag}' is refused: {why}", Span(source, start, max(end, start + 1)))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
 
 
 def _node_span(source: Source, node) -> Span:
@@ -183,18 +229,50 @@ def _mapping(source: Source, node, what: str):
 
 def _text_fragment(source: Source, node, what: str) -> Fragment:
     """A YAML string, with each character mapped back to its place in the file."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        raise CnnDslError(f"{what} is empty", _node_span(source, node))
     if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
         raise CnnDslError(f"{what} must be written as text; quote it, or use a block (`|`)",
                           _node_span(source, node))
     value, start = node.value, node.start_mark.index
     raw = source.text[start:node.end_mark.index]
-    offsets, j = [], 0
+    chars, where = _raw_chars(raw, node.style)
+    # Skip a block's header line (`|  # comment`) and a quote, lest the value match in them.
+    j = raw.find("\n") + 1 if node.style in ("|", ">") else int(node.style in ("'", '"'))
+    offsets = []
     for ch in value:
-        found = _find_char(raw, ch, j)
+        found = _find_char(chars, ch, j)
         j = found if found is not None else j
-        offsets.append(start + min(j, max(len(raw) - 1, 0)))
+        offsets.append(start + (where[min(j, len(where) - 1)] if where else 0))
         j += found is not None
     return Fragment(source, value, tuple(offsets) or (start,))
+
+
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|\r?\n[ \t]*|.)", re.S)
+_ESCAPED = {"0": "\0", "a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f",
+            "r": "\r", "e": "\x1b", "N": "\x85", "_": "\xa0", "L": "\u2028", "P": "\u2029"}
+
+
+def _raw_chars(raw: str, style) -> tuple[str, list[int]]:
+    """A scalar's raw text as its characters read, each with its index in `raw`: in a
+    double-quoted one, an escape (`\\t`, `\\x41`) is one character, at its backslash."""
+    if style != '"':
+        return raw, list(range(len(raw)))
+    chars, where, i = [], [], 0
+    while i < len(raw):
+        escape = _ESCAPE.match(raw, i) if raw[i] == "\\" else None
+        if escape is None:
+            chars.append(raw[i])
+            where.append(i)
+            i += 1
+            continue
+        body = escape.group(1)
+        if body[0] not in "\r\n":  # an escaped line break joins two lines: no character
+            chars.append(chr(int(body[1:], 16)) if body[0] in "xuU" and len(body) > 1
+                         else _ESCAPED.get(body, body))
+            where.append(i)
+        i = escape.end()
+    return "".join(chars), where
 
 
 def _find_char(raw: str, ch: str, j: int) -> int | None:

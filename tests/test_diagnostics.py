@@ -1,0 +1,169 @@
+"""Golden diagnostics: what `cnndsl analyze` prints on stderr for wrong specs.
+
+Each case in tests/fixtures/diagnostics/ is a spec (`NAME.cnn` or `NAME.yaml`) and
+`NAME.expected`, the exact text `cnndsl analyze NAME.cnn` writes to stderr: for every
+diagnostic `file:line:col: severity: message`, the source line, and a caret line
+under the text at fault (LANGUAGE.md §6). The expected files were checked by
+reading them, caret by caret, not merely copied from the program's output.
+
+Exit status: 0 when the spec has no error (warnings allowed), 1 when it has errors,
+2 for usage errors (a wrong flag, a missing file). To see what a case prints now:
+
+    cd tests/fixtures/diagnostics && cnndsl analyze NAME.cnn
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cnndsl
+from cnndsl import CnnDslError
+from cnndsl.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "diagnostics"
+
+# name: (arguments after the spec file, exit status)
+CASES = {
+    "unknown_layer": ([], 1),
+    "unknown_option": ([], 1),
+    "unclosed_bracket": ([], 1),
+    "mismatched_bracket": ([], 1),
+    "undefined_block": ([], 1),
+    "undefined_block_typo": ([], 1),
+    "block_arity": ([], 1),
+    "recursion_direct": ([], 1),
+    "recursion_mutual": ([], 1),
+    "repeat_zero": ([], 1),
+    "size_vanishes": ([], 1),
+    "kernel_too_large": ([], 1),
+    "concat_mismatch": ([], 1),
+    "add_mismatch": ([], 1),
+    "res_mismatch": ([], 1),
+    "notes_misfit": ([], 0),                    # the notes' 2.33: a warning ...
+    "notes_misfit_strict": (["--strict"], 1),   # ... and with --strict an error
+    "input_flag_too_small": (["--input", "3,4,4"], 1),
+    "bad_input_flag": (["--input", "3,32"], 2),
+    "missing_file": ([], 2),                    # no spec file: the command names one that is not there
+    "yaml_syntax": ([], 1),
+    "yaml_unknown_key": ([], 1),
+    "yaml_python_tag": ([], 1),
+    "yaml_python_tag_writes": ([], 1),
+    "yaml_net_block": ([], 1),
+    "yaml_net_plain": ([], 1),
+    "yaml_net_quoted": ([], 1),
+    "yaml_blocks_value": ([], 1),
+    "yaml_fit_strict": ([], 1),
+}
+
+# Usage errors that argparse reports: the expected file holds the last line only.
+ARGPARSE_CASES = {"bad_input_flag"}
+
+
+def _spec(name: str) -> Path | None:
+    found = [p for p in FIXTURES.glob(f"{name}.*") if p.suffix in (".cnn", ".yaml")]
+    return found[0] if found else None
+
+
+def run_case(name: str, folder: Path, capfd) -> tuple[int, str, str]:
+    """`cnndsl analyze NAME.cnn ...` in `folder` (a copy of the spec is put there)."""
+    args, _ = CASES[name]
+    spec = _spec(name)
+    if spec is not None:
+        shutil.copy(spec, folder / spec.name)
+    target = spec.name if spec is not None else "no_such_spec.yaml"
+    try:
+        status = main(["analyze", target, *args])
+    except SystemExit as e:   # argparse's usage errors
+        status = e.code
+    out, err = capfd.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its usage line to the terminal
+    return tmp_path
+
+
+def test_every_fixture_is_a_case():
+    names = {p.stem for p in FIXTURES.iterdir()}
+    assert names == set(CASES), names ^ set(CASES)
+    for name in CASES:
+        assert (FIXTURES / f"{name}.expected").is_file(), name
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_diagnostic(name, in_tmp, capfd):
+    status, out, err = run_case(name, in_tmp, capfd)
+    expected = (FIXTURES / f"{name}.expected").read_text(encoding="utf-8")
+    if name in ARGPARSE_CASES:
+        # argparse prints its usage summary first, which grows with every new flag.
+        assert err.startswith("usage: cnndsl analyze ")
+        err = err.splitlines(keepends=True)[-1]
+    assert err == expected
+    assert status == CASES[name][1]
+    if status == 0:
+        assert "params (trainable)" in out    # the table is printed with the warnings
+    else:
+        assert out == ""
+    # Nothing but the spec (a python tag must not run: `touch pwned`, `echo pwned`).
+    assert sorted(p.name for p in in_tmp.iterdir()) == ([_spec(name).name] if _spec(name) else [])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, status) in CASES.items() if status == 1))
+def test_spec_errors_read_like_a_compilers(name, in_tmp, capfd):
+    _, _, err = run_case(name, in_tmp, capfd)
+    lines = err.splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(r"\S+:\d+:\d+: (error|warning|note): ", line)]
+    assert heads and heads[0] == 0 and any(": error: " in lines[i] for i in heads)
+    for i in heads:   # each: the head, the source line, a caret line under it
+        source, caret = lines[i + 1], lines[i + 2]
+        col = int(lines[i].split(":")[2])
+        assert source.startswith("    ") and re.fullmatch(r" {4}( *)\^+", caret)
+        assert caret.index("^") == 4 + col - 1
+
+
+def test_missing_file_is_one_line(in_tmp, capfd):
+    status, _, err = run_case("missing_file", in_tmp, capfd)
+    assert status == 2 and err == "error: no such spec file: no_such_spec.yaml\n"
+
+
+# --- YAML: the line and column are the file's, also inside a string -------------------
+
+def _where(text: str, needle: str) -> tuple[int, int]:
+    """1-based line and column of the one occurrence of `needle` in `text`."""
+    assert text.count(needle) == 1, needle
+    i = text.index(needle)
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("yaml_net_block", "padd=1"),               # net: |  (a block, with a comment on its header)
+    ("yaml_net_plain", "POOLL"),                # net: a plain one-line string
+    ("yaml_net_quoted", "CONV3-64/2(groups=3)"),  # net: "..." with a \t escape before it
+    ("yaml_blocks_value", "}\nnet"),            # inside a `blocks:` value
+    ("yaml_fit_strict", "CONV3-8/3(pad=0)"),
+    ("yaml_unknown_key", "inputs"),
+    ("yaml_python_tag", "!!python"),
+    ("yaml_python_tag_writes", "!!python"),
+])
+def test_yaml_errors_point_at_the_files_line_and_column(name, needle):
+    path = _spec(name)
+    with pytest.raises(CnnDslError) as caught:
+        cnndsl.load(path).analyze().raise_for_errors()
+    assert (caught.value.line, caught.value.col) == _where(path.read_text(encoding="utf-8"), needle)
+    assert str(caught.value).startswith(f"{path}:{caught.value.line}:{caught.value.col}: error: ")
+
+
+def test_the_python_tag_payloads_are_real(tmp_path, monkeypatch):
+    """The fixtures' tags do run code under an unsafe loader; cnndsl's refusal matters."""
+    monkeypatch.chdir(tmp_path)
+    text = _spec("yaml_python_tag_writes").read_text(encoding="utf-8")
+    assert not (tmp_path / "pwned").exists()
+    yaml.unsafe_load(text)
+    assert (tmp_path / "pwned").exists()

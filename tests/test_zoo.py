@@ -1,0 +1,267 @@
+"""The model zoo (`specs/`): every spec parses, analyses cleanly, compiles to a torch
+module with the analyser's parameter count and output shape, and matches the published
+figures of its source. Each golden number names where it comes from."""
+import io
+import json
+import re
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+import cnndsl
+from cnndsl.cli import main
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPECS = sorted(p for p in SPECS_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".cnn"))
+TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "schedule", "augment", "label_smoothing",
+              "init", "data", "val_fraction", "seed"}
+
+# Above either bound a spec's module is built on PyTorch's "meta" device (parameters
+# with shapes but no storage) and run there as a shape-only forward: the parameter
+# count is still checked exactly, but no 500 MB of weights is allocated and no
+# 15-GMAC forward pass is computed, which keeps this file well under a minute.
+BIG_PARAMS, BIG_MACS = 50_000_000, 2_000_000_000
+
+
+def ids(paths):
+    return [p.stem for p in paths]
+
+
+_analyses = {}
+
+
+def analyze(path: Path):
+    if path not in _analyses:
+        _analyses[path] = cnndsl.load(path).analyze()
+    return _analyses[path]
+
+
+def totals(name: str) -> dict:
+    return analyze(SPECS_DIR / f"{name}.yaml").totals()
+
+
+def shapes(name: str) -> dict:
+    return {layer["name"]: tuple(layer["output"]) for layer in analyze(SPECS_DIR / f"{name}.yaml").layers()}
+
+
+# --- every spec ---------------------------------------------------------------------------
+
+def test_the_zoo_is_complete():
+    # Issue 3: every network of the lecture notes.
+    expected = {"cifar10_notes", "lenet5", "alexnet", "alexnet_torchvision", "zfnet",
+                "vgg11", "vgg11_lrn", "vgg13", "vgg16_conv1", "vgg16", "vgg19", "vgg16_bn",
+                "googlenet", "googlenet_torchvision", "resnet18", "resnet34", "resnet50",
+                "resnet101", "resnet152", "resnet_block_naive", "resnet_block_bottleneck",
+                "allconv", "vgg16_fc_as_conv"}
+    assert expected <= set(ids(SPECS))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=ids(SPECS))
+def test_spec_analyses(path):
+    spec = cnndsl.load(path)
+    assert spec.name == path.stem
+    assert spec.description.strip(), "a zoo spec says what it is"
+    assert re.search(r"\b(19|20)\d\d\b|notes", spec.description), "and cites its source"
+    assert spec.input is not None
+    analysis = analyze(path)
+    assert analysis.ok, [d.format() for d in analysis.diagnostics]
+    assert all(d.severity == "warning" for d in analysis.diagnostics)
+    assert analysis.totals()["params"] > 0
+
+
+@pytest.mark.parametrize("path", SPECS, ids=ids(SPECS))
+def test_spec_train_section(path):
+    train = cnndsl.load(path).train
+    assert train, "every zoo spec says how to train it"
+    assert set(train) <= TRAIN_KEYS, set(train) - TRAIN_KEYS
+    assert isinstance(train["epochs"], int) and isinstance(train["batch_size"], int)
+    assert train["optimizer"]["name"] in ("sgd", "adam", "adamw")
+    assert train["optimizer"]["lr"] > 0
+
+
+def _compile_works() -> bool:
+    if not hasattr(cnndsl.Spec, "compile"):
+        return False
+    try:
+        cnndsl.parse("INPUT(1, 4, 4) -> CONV3-2 -> FC-3").compile()
+    except (ImportError, NotImplementedError):
+        return False
+    return True
+
+
+def _is_big(path) -> bool:
+    t = analyze(path).totals()
+    return t["params"] > BIG_PARAMS or t["macs"] > BIG_MACS
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if _is_big(p) else p
+                                  for p in SPECS], ids=ids(SPECS))
+def test_spec_compiles(path):
+    torch = pytest.importorskip("torch")
+    if not _compile_works():
+        pytest.skip("spec.compile() is not available yet")
+    spec, analysis = cnndsl.load(path), analyze(path)
+    big = _is_big(path)
+    # Big nets: built and run on the meta device (see BIG_PARAMS): exact parameter
+    # count and a shape-only forward pass, without weights or arithmetic.
+    device = torch.device("meta" if big else "cpu")
+    with device:
+        model = spec.compile()
+    assert sum(p.numel() for p in model.parameters()) == analysis.totals()["params"]
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.zeros((1,) + spec.input.shape, device=device))
+    assert tuple(y.shape) == (1,) + analysis.output_shape
+
+
+# --- golden figures -----------------------------------------------------------------------
+
+# torchvision's documented counts (the `num_params` of each model's weights in
+# torchvision.models; MACs as its "GFLOPS" column and fvcore count them, to the last one).
+TORCHVISION = {
+    "alexnet_torchvision": (61_100_840, 714_188_480),
+    "vgg11": (132_863_336, 7_609_090_048),
+    "vgg13": (133_047_848, 11_308_466_176),
+    "vgg16": (138_357_544, 15_470_264_320),
+    "vgg19": (143_667_240, 19_632_062_464),
+    "vgg16_bn": (138_365_992, 15_470_264_320),
+    "googlenet_torchvision": (6_624_904, 1_498_376_192),
+    "resnet18": (11_689_512, 1_814_073_344),
+    "resnet34": (21_797_672, 3_663_761_408),
+    "resnet50": (25_557_032, 4_089_184_256),
+    "resnet101": (44_549_160, 7_801_405_440),
+    "resnet152": (60_192_808, 11_513_626_624),
+}
+
+
+@pytest.mark.parametrize("name, params, macs", [(n, p, m) for n, (p, m) in TORCHVISION.items()],
+                         ids=[f"torchvision-{n}" for n in TORCHVISION])
+def test_torchvision_counts(name, params, macs):
+    assert totals(name)["params"] == params
+    assert totals(name)["macs"] == macs
+
+
+def test_torchvision_gflops_column():
+    # torchvision's model table, "GFLOPS" (multiply-accumulates, rounded to 2 decimals).
+    published = {"alexnet_torchvision": 0.71, "vgg16": 15.47, "vgg19": 19.63,
+                 "googlenet_torchvision": 1.50, "resnet18": 1.81, "resnet34": 3.66,
+                 "resnet50": 4.09, "resnet101": 7.80, "resnet152": 11.51}
+    assert {n: round(totals(n)["macs"] / 1e9, 2) for n in published} == published
+
+
+@pytest.mark.parametrize("name, millions", [("vgg11", 133), ("vgg11_lrn", 133), ("vgg13", 133),
+                                            ("vgg16_conv1", 134), ("vgg16", 138), ("vgg19", 144)])
+def test_vgg_paper_table2(name, millions):
+    # Simonyan & Zisserman 2015, Table 2: "Number of parameters (in millions)" of
+    # configurations A, A-LRN, B, C, D, E (also in the lecture notes).
+    assert round(totals(name)["params"] / 1e6) == millions
+
+
+def test_alexnet_paper():
+    # Krizhevsky et al. 2012 with the two-GPU split as groups=2: 60,965,224 parameters
+    # ("60 million parameters", the paper's abstract); the notes' conv1 is 55×55×96.
+    assert totals("alexnet")["params"] == 60_965_224
+    s = shapes("alexnet")
+    assert s["conv1"] == (96, 55, 55)
+    assert s["pool1"] == (96, 27, 27) and s["pool2"] == (256, 13, 13) and s["pool3"] == (256, 6, 6)
+
+
+def test_lenet5_paper():
+    # LeCun et al. 1998, Figure 2: C1 6@28×28, S2 6@14×14, C3 16@10×10, S4 16@5×5,
+    # C5 120, F6 84; with full C3 connections and an FC-10 output, the classic 61,706.
+    s = shapes("lenet5")
+    assert [s[k] for k in ("c1", "s2", "c3", "s4", "c5", "f6", "output")] == [
+        (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (120, 1, 1), (84,), (10,)]
+    assert totals("lenet5")["params"] == 61_706
+
+
+def test_cifar10_notes_volumes():
+    # The notes' "Example Architecture for CIFAR-10": [32x32x3] -> [32x32x12] ->
+    # [16x16x12] -> [1x1x10].
+    s = shapes("cifar10_notes")
+    assert [s[k] for k in ("input", "conv1", "relu1", "pool1", "fc1")] == [
+        (3, 32, 32), (12, 32, 32), (12, 32, 32), (12, 16, 16), (10,)]
+
+
+def test_zfnet_paper_sizes():
+    # Zeiler & Fergus 2013, Figure 3: 224 -> 110 -> 55 -> 26 -> 13 -> 13 -> 13 -> 6;
+    # the notes' variant has 512, 1024, 512 filters in conv3-5.
+    s = shapes("zfnet")
+    assert [s[k] for k in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool3")] == [
+        (96, 110, 110), (96, 55, 55), (256, 26, 26), (256, 13, 13),
+        (512, 13, 13), (1024, 13, 13), (512, 13, 13), (512, 6, 6)]
+
+
+def test_googlenet_paper_table1():
+    # Szegedy et al. 2015, Table 1, "output size" of each inception module.
+    s = shapes("googlenet")
+    assert [s[f"inception{i}"] for i in range(1, 10)] == [
+        (256, 28, 28), (480, 28, 28), (512, 14, 14), (512, 14, 14), (512, 14, 14),
+        (528, 14, 14), (832, 14, 14), (832, 7, 7), (1024, 7, 7)]
+    assert s["avgpool1"] == (1024, 1, 1)
+    # Its parameters are about 7 million (the paper: 12× fewer than AlexNet's 60M).
+    assert 6.5e6 < totals("googlenet")["params"] < 7.5e6
+
+
+def test_allconv_paper():
+    # Springenberg et al. 2015: All-CNN-C has "≈ 1.3 M" parameters (Table 3) and ends
+    # with global averaging over 6×6 maps of 10 class scores.
+    assert 1.3e6 <= totals("allconv")["params"] < 1.4e6
+    s = shapes("allconv")
+    assert s["conv7"] == (192, 6, 6) and s["conv9"] == (10, 6, 6)
+    assert analyze(SPECS_DIR / "allconv.yaml").output_shape == (10,)
+
+
+def test_vgg16_fc_as_conv():
+    # The notes' "Converting FC layers to CONV layers": the same parameters as VGG-16,
+    # and on a 384×384 image a 6×6 map of class scores.
+    assert totals("vgg16_fc_as_conv")["params"] == totals("vgg16")["params"] == 138_357_544
+    assert analyze(SPECS_DIR / "vgg16_fc_as_conv.yaml").output_shape == (1000, 6, 6)
+
+
+def test_resnet_blocks_notes():
+    # He et al. 2016, Figure 5 (the notes' naive and bottleneck blocks): a bottleneck on
+    # 256-d costs about what two 3×3 convs cost on 64-d.
+    def block(name, scope):
+        return sum(l["params"] for l in analyze(SPECS_DIR / f"{name}.yaml").layers()
+                   if l["name"].startswith(scope))
+    naive, bottleneck = block("resnet_block_naive", "naive1."), block("resnet_block_bottleneck", "bottleneck1.")
+    assert naive == 2 * (3 * 3 * 64 * 64 + 2 * 64)
+    assert bottleneck == 256 * 64 + 3 * 3 * 64 * 64 + 64 * 256 + 2 * (64 + 64 + 256)
+    assert 0.9 < bottleneck / naive < 1.0
+
+
+def test_resnet152_cheaper_than_vgg():
+    # The notes (after He et al.): "ResNet-152 (11.3 billion FLOPs) has lower complexity
+    # than VGG-16/19 nets (15.3/19.6 billion FLOPs)".
+    assert totals("resnet152")["macs"] < totals("vgg16")["macs"] < totals("vgg19")["macs"]
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def run_cli(*argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(list(argv))
+    return status, out.getvalue()
+
+
+def test_cnndsl_zoo_lists_every_spec():
+    status, out = run_cli("zoo", "--json")
+    assert status == 0
+    listed = {row["name"]: row for row in map(json.loads, out.splitlines())}
+    assert set(listed) == set(ids(SPECS))
+    for path in SPECS:
+        assert listed[path.stem]["params"] == analyze(path).totals()["params"]
+        assert listed[path.stem]["macs"] == analyze(path).totals()["macs"]
+    assert listed["resnet50"]["input"] == "3×224×224"
+
+
+def test_analyze_resolves_a_zoo_name():
+    status, out = run_cli("analyze", "vgg16", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["name"] == "vgg16"
+    assert result["totals"]["params"] == 138_357_544
+    assert result["output"] == [1000]
