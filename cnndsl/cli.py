@@ -91,7 +91,8 @@ def run_zoo(args) -> int:
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("name", "input", "params", "MACs", "description"):
-        table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
+        table.add_column(column, justify="right" if column in ("params", "MACs") else "left",
+                         no_wrap=True, overflow="ellipsis", max_width=70)
     for name, path in zoo_specs().items():
         spec = load(path)
         totals = spec.analyze().totals()
@@ -101,9 +102,12 @@ def run_zoo(args) -> int:
                               "macs": totals["macs"], "description": spec.description}))
         else:
             table.add_row(name, shape, f"{totals['params']:,}", human(totals["macs"]),
-                          spec.description.split("\n")[0][:60])
+                          " ".join(spec.description.split()))
     if not args.json:
-        Console().print(table)
+        console = Console()
+        if not console.is_terminal:
+            console.width = 160  # a pipe gets whole lines
+        console.print(table)
     return EXIT_OK
 
 
