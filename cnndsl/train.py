@@ -40,30 +40,37 @@ from .errors import CnnDslError, Span, did_you_mean
 class Config:
     # data
     data: str = "digits"            # a cnndsl.data source; scikit-learn's digits need no download
-    val_fraction: float = 0.1       # training images held out to pick the best epoch (cross-validation, the notes)
+    val_fraction: float = 0.1       # training images held out to pick the best epoch (the notes:
+                                    # "use cross-validation for your parameters")
     limit: int | None = None        # train on only the first N images: quick experiments and tests
-    augment: dict = field(default_factory=dict)  # "create virtual training data" (the notes): hflip, crop, jitter, affine
+    augment: dict = field(default_factory=dict)  # the notes' "create virtual training data":
+                                    # hflip, crop, jitter, affine (see cnndsl/augment.py)
     # model
-    init: str = "default"           # default | xavier (the notes: Var(W) = 1/n_in) | kaiming (He et al. 2015, for ReLU)
-    init_from: str | None = None    # transfer learning: start from a checkpoint's weights where names and shapes match
-    freeze: str | None = None       # ... and keep every layer up to this one fixed (fine-tune only the rest)
-    strict: bool = False            # a layer that does not fit its input is an error, as `analyze --strict`
+    init: str = "default"           # default (PyTorch's) | xavier (the notes: Var(W) = 1/n_in)
+                                    # | kaiming (He et al. 2015: Var(W) = 2/n_in, for ReLU nets)
+    init_from: str | None = None    # transfer learning (the notes): start from a checkpoint's
+                                    # weights wherever names and shapes match
+    freeze: str | None = None       # ... and keep layers up to this one fixed, fine-tuning the rest
+                                    # (batch-norm statistics there still follow the new data)
+    strict: bool = False            # a layer that does not fit its input is an error (analyze --strict)
     # optimisation
     epochs: int = 10
-    batch_size: int = 64            # mini-batch SGD (the notes); the global batch, split over DDP processes
-    optimizer: str = "sgd"          # sgd (with momentum) | adam (Kingma & Ba 2015) | adamw (Loshchilov & Hutter 2019)
-    lr: float | None = None         # peak learning rate; None: 0.01 for SGD, 0.001 for Adam/AdamW
-    momentum: float = 0.9           # SGD's momentum (Sutskever et al. 2013); ignored by Adam
-    weight_decay: float = 0.0       # L2 regularisation ("use regularization", the notes); decoupled for AdamW
-    schedule: str = "cosine"        # none | step | cosine (Loshchilov & Hutter 2017) | onecycle (Smith 2018)
-    warmup_epochs: float = 0.0      # linear warm-up from ~0 (Goyal et al. 2017); onecycle: its rising phase (default 30%)
+    batch_size: int = 64            # mini-batch SGD (the notes); global, split over DDP processes
+    optimizer: str = "sgd"          # sgd with momentum | adam (Kingma & Ba 2015)
+                                    # | adamw (decoupled weight decay, Loshchilov & Hutter 2019)
+    lr: float | None = None         # peak learning rate; None: 0.01 for SGD, 0.001 for Adam(W)
+    momentum: float = 0.9           # SGD's momentum (Sutskever et al. 2013); Adam ignores it
+    weight_decay: float = 0.0       # L2 regularisation (the notes: "use regularization")
+    schedule: str = "cosine"        # none | step | cosine (Loshchilov & Hutter 2017)
+                                    # | onecycle (Smith 2018); all move per iteration
+    warmup_epochs: float = 0.0      # linear warm-up (Goyal et al. 2017); onecycle: its rise (default 30%)
     step_size: int | None = None    # step schedule: epochs between decays; None: a third of the run
     gamma: float = 0.1              # step schedule: the factor of each decay (the ResNet paper's ÷10)
-    label_smoothing: float = 0.0    # Szegedy et al. 2016 ("Rethinking the Inception architecture", §7)
-    seed: int = 0                   # every random choice (init, split, batch order, augmentation, dropout)
+    label_smoothing: float = 0.0    # Szegedy et al. 2016, "Rethinking the Inception architecture", §7
+    seed: int = 0                   # every random choice: init, split, batch order, augmentation, dropout
     # hardware
     device: str = "auto"            # auto: CUDA when available, else CPU
-    bf16: bool = True               # on CUDA: autocast to bfloat16 (fp32 range, no loss scaling needed)
+    bf16: bool = True               # on CUDA: autocast to bfloat16 (fp32's range: no loss scaling)
     channels_last: bool = True      # on CUDA: NHWC memory layout, what tensor-core convolutions want
     compile: bool = False           # torch.compile the model: faster steps after a slow first one
 
@@ -238,8 +245,9 @@ def start_runtime(config: Config) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return Runtime(device, rank, world, bf16=use_cuda and config.bf16,
-                   channels_last=use_cuda and config.channels_last)
+    # bf16 needs Ampere or newer; older GPUs train in fp32.
+    bf16 = use_cuda and config.bf16 and torch.cuda.is_bf16_supported()
+    return Runtime(device, rank, world, bf16=bf16, channels_last=use_cuda and config.channels_last)
 
 
 def stop_runtime(rt: Runtime) -> None:
@@ -330,7 +338,8 @@ def _train(run: Run, resume: dict | None) -> dict:
         run.model = torch.compile(run.model)
     if rt.world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        run.model = DistributedDataParallel(run.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        run.model = DistributedDataParallel(run.model, device_ids=ids)   # all-reduces gradients
 
     # --- optimiser --------------------------------------------------------------------
     run.optimizer = make_optimizer(c, [p for p in model.parameters() if p.requires_grad])
@@ -533,9 +542,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean: torch.T
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)   # loss·n, top-1, top-5, n
     for start in range(0, len(y), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size].to(rt.device)
-        views = tta_views(rt.images(xb), tta, size=tuple(x.shape[-2:]))
+        views = tta_views(rt.images(xb), tta, size=tuple(x.shape[-2:]))   # V×B×C×H×W
         with rt.autocast():
-            logits = model((views.flatten(0, 1) - mean) / std)
+            logits = model(rt.images((views.flatten(0, 1) - mean) / std))
         probs = logits.float().softmax(1).view(len(views), len(yb), -1).mean(0)
         top = probs.topk(min(5, probs.shape[1]), dim=1).indices
         sums += torch.stack([F.nll_loss(probs.clamp_min(1e-12).log(), yb, reduction="sum").double(),
@@ -697,10 +706,15 @@ class Reporter:
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False, markup=False)
-        else:
-            print(text, flush=True)
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            else:
+                print(text, flush=True)
+        except BrokenPipeError:
+            # `cnndsl train ... | head`: the reader left; the run goes on, silently.
+            self.enabled = False
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         if not self.live:
@@ -711,7 +725,7 @@ class Reporter:
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps,
-                                           loss=float("nan"), acc=0.0, ips=0.0)
+                                           loss=0.0, acc=0.0, ips=0.0)
 
     def update(self, step: int, loss: float, acc: float, ips: float) -> None:
         if self.task is not None:

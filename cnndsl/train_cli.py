@@ -26,7 +26,7 @@ def add_commands(commands) -> None:
 
 
 def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="compile a spec and train it (CPU or GPU, torchrun for DDP)",
+    p = commands.add_parser("train", help="compile a spec and train it (CPU, GPU, torchrun for DDP)",
                             description="Train SPEC. Settings: defaults, then the spec's `train:` "
                                         "section, then these flags.")
     p.add_argument("spec", help="a .yaml/.yml/.cnn file, a zoo name (lenet5), or inline DSL text")
@@ -51,9 +51,11 @@ def _add_train(commands) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="on CUDA, keep the NCHW memory layout")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--init-from", metavar="CKPT", help="start from the weights of CKPT that match by name and shape")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of CKPT that match by name and shape")
     p.add_argument("--freeze", metavar="UPTO_LAYER", help="keep layers up to and including this one fixed")
-    p.add_argument("--strict", action="store_const", const=True, help="a layer that does not fit is an error")
+    p.add_argument("--strict", action="store_const", const=True,
+                   help="a layer that does not fit is an error")
     p.add_argument("--out", metavar="DIR", help="where checkpoints and metrics go (default runs/<spec name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from DIR/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh even though DIR holds a run")
@@ -61,7 +63,7 @@ def _add_train(commands) -> None:
 
 
 def _add_eval(commands) -> None:
-    p = commands.add_parser("eval", help="top-1/top-5 accuracy of a checkpoint, with test-time augmentation")
+    p = commands.add_parser("eval", help="top-1/top-5 accuracy of a checkpoint, optionally with TTA")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--data", help="data source (default: the one it was trained on)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
@@ -74,11 +76,12 @@ def _add_eval(commands) -> None:
 
 
 def _add_features(commands) -> None:
-    p = commands.add_parser("features", help="a layer's activations for train/val/test, for a linear classifier")
+    p = commands.add_parser("features", help="a layer's activations (train/val/test) for a linear classifier")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--layer", required=True, help="a layer name from `cnndsl analyze` (e.g. fc7, f6)")
     p.add_argument("--data", help="data source (default: the one it was trained on)")
-    p.add_argument("--out", metavar="FILE", help="FILE.npz or FILE.pt (default: features_<layer>.npz beside CKPT)")
+    p.add_argument("--out", metavar="FILE",
+                   help="FILE.npz or FILE.pt (default: features_<layer>.npz beside CKPT)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(run=run_features)
