@@ -17,7 +17,10 @@ median is reported. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,16 +53,21 @@ def deep_net(layers: int) -> str:
     return f"INPUT(3, 32, 32) -> ({ROUND})*{layers // 10}\n"
 
 
-def median_time(command: list[str], repeat: int) -> float:
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        times.append(time.perf_counter() - start)
-        if result.returncode != 0:
-            sys.exit(f"{' '.join(command)[:120]} failed:\n{result.stderr.decode()[-2000:]}")
-    return statistics.median(times)
+# Bytecode is cached (__pycache__), as on any machine where cnndsl was pip-installed:
+# without, every run would compile cnndsl's modules again.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def run_once(command: list[str]) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of `command` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)[:120]} failed:\n{result.stderr.decode()[-2000:]}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def main() -> None:
@@ -67,7 +75,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per command (median)")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="bench_analyze_"))
+    with tempfile.TemporaryDirectory(prefix="bench_analyze_") as tmp:
+        run(Path(tmp), args.repeat)
+
+
+def run(folder: Path, repeat: int) -> None:
     zoo = ROOT / "specs" / "resnet152.yaml"
     if zoo.is_file():
         resnet = zoo
@@ -90,31 +102,34 @@ def main() -> None:
         ("analyze 20k layers", analyze + [str(folder / "deep20k.cnn")], None),
         ("analyze 20k layers --json", analyze + [str(folder / "deep20k.cnn"), "--json"], None),
     ]
-    print(f"{platform.node()}: {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, {args.repeat} runs each, median\n")
-    times = {}
-    torch = None
-    for label, command, target in cases:
-        if "import torch" in label:
-            try:
-                import importlib.util
-                if importlib.util.find_spec("torch") is None:
-                    raise ImportError
-            except ImportError:
-                print(f"{label:40} (torch is not installed: no ratios)")
-                continue
-        times[label] = t = median_time(command, args.repeat)
-        if "import torch" in label:
-            torch = t
-        ratio = f"{t / torch:6.3f} × import torch" if torch and "analyze" in label else ""
-        verdict = ("" if target is None or torch is None else
-                   f"  target < {target}: {'ok' if t / torch < target else 'MISSED'}")
-        print(f"{label:40} {t:7.3f} s  {ratio}{verdict}")
+    if importlib.util.find_spec("torch") is None:
+        sys.exit("torch is not installed here: there is no peer to compare with")
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"Python {platform.python_version()}; median of {repeat} rounds (each runs every "
+          f"command once, so that a busy moment slows them all alike)\n")
+    for _, command, _ in cases:  # warm the file cache and write __pycache__
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    runs = [[run_once(command) for _, command, _ in cases] for _ in range(repeat)]
+    times = {label: tuple(statistics.median(r[i][k] for r in runs) for k in (0, 1))
+             for i, (label, _, _) in enumerate(cases)}
+
+    torch = times['python -c "import torch"']
+    print(f"{'':40} {'wall':>8} {'ratio':>7} {'CPU':>8} {'ratio':>7}  (ratio: to import torch)")
+    for label, _, target in cases:
+        (wall, cpu), line = times[label], ""
+        if label.startswith("analyze"):
+            line = f"{wall / torch[0]:7.3f} {cpu:7.3f}s {cpu / torch[1]:7.3f}"
+            if target is not None:
+                verdict = "ok" if max(wall / torch[0], cpu / torch[1]) < target else "MISSED"
+                line += f"  target < {target}: {verdict}"
+        else:
+            line = f"{'':7} {cpu:7.3f}s"
+        print(f"{label:40} {wall:7.3f}s {line}")
     start = times["analyze a 2-layer net (startup)"]
     for suffix in ("", " --json"):
         t10, t20 = times[f"analyze 10k layers{suffix}"], times[f"analyze 20k layers{suffix}"]
-        print(f"{'20k / 10k layers' + suffix:40} {t20 / t10:7.2f}    "
-              f"less startup: {(t20 - start) / (t10 - start):.2f} (linear: 2)")
+        print(f"{'20k / 10k layers' + suffix:40} {t20[0] / t10[0]:8.2f}  less the startup: "
+              f"{(t20[0] - start[0]) / (t10[0] - start[0]):.2f} (linear: 2)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ bad input: every `CnnDslError` becomes its diagnostic.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import sys
 
@@ -66,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_analyze(args) -> int:
+    with _few_collections():
+        return _analyze(args)
+
+
+@contextlib.contextmanager
+def _few_collections():
+    """The analysis allocates many small objects and frees few: the cycle collector,
+    run every 700 allocations, rescanning what was imported and the growing graph, costs
+    a third of a 10,000-layer analysis. Collect rarely (as mypy does), then as before."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(200_000, 30, 30)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+def _analyze(args) -> int:
     from .spec import resolve
 
     spec = resolve(args.spec)

@@ -15,6 +15,7 @@ This module never imports torch: `build` receives the module namespace to use.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -91,7 +92,11 @@ class Kind:
     emit: Callable | None = None           # merges: (fx graph, input nodes, torch) -> fx node
 
     def option(self, name: str) -> Opt | None:
-        return next((o for o in self.options if o.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Opt]:  # option() is asked several times per layer
+        return {o.name: o for o in self.options}
 
 
 # --- conv and pool -------------------------------------------------------------

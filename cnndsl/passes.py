@@ -59,7 +59,7 @@ def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) 
         except ShapeMismatch:
             raise CnnDslError(_merge_message(opts["op"], xs), node["span"]) from None
     x = xs[0] if xs else None
-    written = describe(kind, opts, node["written"])
+    written = _Written(kind, opts, node["written"])
     if kind.needs_volume and len(x) != 3:
         raise CnnDslError(f"{written} needs a C×H×W volume, but its input is a flat vector "
                           f"of {x[0]} (after FC or FLATTEN)", node["span"])
@@ -70,6 +70,17 @@ def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) 
         return tuple(kind.shape(opts, x))
     hw = _fit(kind.window(opts), x[1:], written, node["span"], strict, diagnostics)
     return (kind.out_channels(opts, x[0]),) + hw
+
+
+class _Written:
+    """How a layer is written (`CONV3-64/2`), worked out only when a message says it:
+    describing every layer of a 10,000-layer net up front costs more than its shapes."""
+
+    def __init__(self, kind, opts, written):
+        self.args = (kind, opts, written)
+
+    def __format__(self, spec: str) -> str:
+        return format(describe(*self.args), spec)
 
 
 def _fit(window, hw: tuple, written: str, span, strict: bool, diagnostics: list) -> tuple:

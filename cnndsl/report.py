@@ -85,7 +85,8 @@ class LayerTable:
                              for cell, w, (_, justify) in zip(cells, widths, self.columns)).rstrip()
         yield Segment(self.title + "\n", Style(italic=True))
         yield Segment(line(headers) + "\n", Style(bold=True))
-        yield Segment("".join(line(row) + "\n" for row in self.rows))
+        for row in self.rows:  # a segment a line: rich splits segments at line breaks
+            yield Segment(line(row) + "\n")
 
     def _rich_table(self) -> Table:
         table = Table(title=self.title, title_justify="left", box=None, pad_edge=False,
@@ -143,6 +144,6 @@ def print_report(analysis: Analysis, console: Console | None = None, depth: int 
         console = Console()
         if not console.is_terminal:
             console.width = 200  # a file or a pipe gets whole lines, not wrapped ones
-    console.print(layer_table(analysis, depth))
+    console.print(layer_table(analysis, depth), crop=False)  # its lines fit: no cropping pass
     console.print()
     console.print(totals_table(analysis))

@@ -199,10 +199,10 @@ def _refuse_tags(source: Source, root) -> None:
                    "reads YAML with a safe loader" if "python/" in tag else
                    "a spec holds plain data only: text, numbers, lists and mappings")
             raise CnnDslError(f"the YAML tag '{tag}' is refused: {why}", Span(source, start, max(end, start + 1)))
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
+        if isinstance(node, yaml.SequenceNode):  # reversed: the first in the file is reported
+            stack.extend(reversed(node.value))
         elif isinstance(node, yaml.MappingNode):
-            stack.extend(item for pair in node.value for item in pair)
+            stack.extend(reversed([item for pair in node.value for item in pair]))
 
 
 def _node_span(source: Source, node) -> Span:

@@ -48,7 +48,9 @@ CASES = {
     "input_flag_too_small": (["--input", "3,4,4"], 1),
     "bad_input_flag": (["--input", "3,32"], 2),
     "missing_file": ([], 2),                    # no spec file: the command names one that is not there
+    "reserved_block_name": ([], 1),
     "yaml_syntax": ([], 1),
+    "yaml_label_plain": ([], 1),
     "yaml_unknown_key": ([], 1),
     "yaml_python_tag": ([], 1),
     "yaml_python_tag_writes": ([], 1),

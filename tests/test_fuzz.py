@@ -309,6 +309,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Fuzz cnndsl for longer than CI does.")
     parser.add_argument("--examples", type=int, default=100_000, help="examples per seed corpus")
+    parser.add_argument("-k", default="test_fuzz_", help="which tests (pytest -k), e.g. 'yaml'")
     args = parser.parse_args()
     os.environ["CNNDSL_FUZZ_EXAMPLES"] = str(args.examples)
-    sys.exit(pytest.main([__file__, "-q", "-k", "fuzz", "-p", "no:cacheprovider"]))
+    sys.exit(pytest.main([__file__, "-q", "-k", args.k, "-p", "no:cacheprovider"]))
