@@ -104,18 +104,22 @@ def spec_record(spec) -> dict:
 
 # --- reading ---------------------------------------------------------------------------
 
-def load(path: str | Path) -> dict:
-    """A checkpoint written by `cnndsl train`, checked; anything else is a one-line error."""
+def _read(path: Path, what: str):
+    """`torch.load` with `weights_only=True`; any failure is a one-line error."""
     import torch
 
-    path = Path(path)
     if not path.is_file():
         raise CnnDslError(f"no such checkpoint: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds here (zip, unpickling, EOF, ...)
-        raise CnnDslError(f"{path}: not a readable cnndsl checkpoint "
-                          f"(damaged, or not written by `cnndsl train`): {_first_line(e)}") from None
+        raise CnnDslError(f"{path}: not {what}: {_first_line(e)}") from None
+
+
+def load(path: str | Path) -> dict:
+    """A checkpoint written by `cnndsl train`, checked; anything else is a one-line error."""
+    path = Path(path)
+    state = _read(path, "a readable cnndsl checkpoint (damaged, or not written by `cnndsl train`)")
     _check(path, state)
     return state
 
@@ -169,15 +173,8 @@ def state_dict_of(state: dict) -> dict:
 
 def load_weights_file(path: str | Path) -> dict:
     """For --init-from: our checkpoint, or any `torch.save`d state_dict of tensors."""
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise CnnDslError(f"no such checkpoint: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CnnDslError(f"{path}: not a readable checkpoint: {_first_line(e)}") from None
+    state = _read(path, "a readable checkpoint")
     if isinstance(state, dict) and state.get("format") == FORMAT:
         _check(path, state)
     if not isinstance(state, dict) or not state_dict_of(state):
