@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see cnndsl/train_cli.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see cnndsl/cli/common.py
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

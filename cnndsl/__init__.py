@@ -11,7 +11,7 @@ JSON), `compile` (→ torch.fx GraphModule), `train`.
 """
 from .analysis import Analysis
 from .errors import CnnDslError
-from .spec import Spec, load, parse, resolve
+from .lang.spec import Spec, load, parse, resolve
 
 __all__ = ["Analysis", "CnnDslError", "Spec", "load", "parse", "resolve"]
 __version__ = "0.1.0"

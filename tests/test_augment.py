@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnndsl.augment import (build_augment, color_jitter, hflip, random_affine, random_crop,
+from cnndsl.training.augment import (build_augment, color_jitter, hflip, random_affine, random_crop,
                             ten_crop, tta_views)
 from cnndsl.errors import CnnDslError
 

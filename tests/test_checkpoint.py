@@ -8,10 +8,10 @@ import zipfile
 import pytest
 import torch
 
-from cnndsl import checkpoint
+from cnndsl.training import checkpoint
 from cnndsl.cli import main
 from cnndsl.errors import CnnDslError
-from cnndsl.spec import load, parse
+from cnndsl.lang.spec import load, parse
 
 SPEC = """\
 name: tiny

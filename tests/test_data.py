@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnndsl.data import DataSplits, channel_stats, load_data
+from cnndsl.training.data import DataSplits, channel_stats, load_data
 from cnndsl.errors import CnnDslError
 
 # --- writers for tiny data sets --------------------------------------------------------

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnndsl import checkpoint
+from cnndsl.training import checkpoint
 from cnndsl.cli import main
 from cnndsl.errors import CnnDslError
-from cnndsl.spec import load, parse
-from cnndsl.train import Config, epoch_batches, lr_at, make_config
+from cnndsl.lang.spec import load, parse
+from cnndsl.training.loop import epoch_batches
+from cnndsl.training.optim import lr_at
+from cnndsl.training.settings import Config, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """\

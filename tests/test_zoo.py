@@ -83,7 +83,7 @@ def test_spec_train_section(path):
 @pytest.mark.parametrize("path", SPECS, ids=ids(SPECS))
 def test_spec_train_section_is_accepted_by_cnndsl_train(path):
     pytest.importorskip("torch")
-    train = pytest.importorskip("cnndsl.train")
+    train = pytest.importorskip("cnndsl.training.settings")
     config = train.make_config(cnndsl.load(path))  # raises CnnDslError on a bad setting
     assert config.epochs == cnndsl.load(path).train["epochs"]
     # No zoo spec falls back to the digits by accident: it names its data set.

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import CnnDslError, did_you_mean
+from ..errors import CnnDslError, did_you_mean
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 TTA_MODES = ("none", "flip", "10crop")

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from . import passes
-from .errors import CnnDslError, Diagnostic
-from .expand import inputs
-from .layers import describe
+from ..errors import CnnDslError, Diagnostic
+from ..graph import inputs
+from ..layers import describe
 
 # Bytes of optimiser state per parameter: SGD keeps a momentum buffer, Adam two moments.
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "none": 0}

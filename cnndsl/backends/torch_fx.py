@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from . import modules
-from .expand import inputs
+from ..graph import inputs
 
 INIT_SCHEMES = ("default", "xavier", "kaiming")
 

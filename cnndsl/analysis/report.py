@@ -4,7 +4,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import Analysis
+from ..graph import shape_text
+from .result import Analysis
 
 
 def human(n: float, unit: str = "") -> str:
@@ -24,10 +25,6 @@ def human_bytes(n: int) -> str:
         if n >= factor:
             return f"{n / factor:.2f} {prefix}"
     return f"{n} B"
-
-
-def _shape_text(shape) -> str:
-    return "×".join(map(str, shape)) if shape else "?"
 
 
 def collapse(rows: list[dict], depth: int | None) -> list[dict]:
@@ -104,7 +101,7 @@ def layer_table(analysis: Analysis, depth: int | None = None) -> LayerTable:
                             ("params", "right"), ("MACs", "right"), ("RF", "right")):
         table.add_column(column, justify=justify, no_wrap=True)
     for row in collapse(analysis.layers(), depth):
-        table.add_row(row["name"], row["layer"], _shape_text(row["output"]),
+        table.add_row(row["name"], row["layer"], shape_text(row["output"]),
                       f"{row['params']:,}", f"{row['macs']:,}",
                       f"{row['rf']}" if row["rf"] else "")
     return table
@@ -118,7 +115,7 @@ def totals_table(analysis: Analysis) -> Table:
     table.add_column(justify="right")
     table.add_column(style="dim")
     rows = [
-        ("input → output", f"{_shape_text(analysis.input_shape)} → {_shape_text(analysis.output_shape)}", ""),
+        ("input → output", f"{shape_text(analysis.input_shape)} → {shape_text(analysis.output_shape)}", ""),
         ("layers", f"{t['layers']:,}", ""),
         ("params (trainable)", f"{t['params']:,}", human(t["params"])),
         ("buffers", f"{t['buffers']:,}", "BN running statistics"),

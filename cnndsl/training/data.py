@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CnnDslError, did_you_mean
+from ..errors import CnnDslError, did_you_mean
 
 SOURCE_FORMS = ("digits", "mnist:DIR", "cifar10:DIR", "folder:DIR", "synthetic[:N]")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",

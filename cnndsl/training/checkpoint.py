@@ -20,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import CnnDslError
+from ..errors import CnnDslError
 
 FORMAT = "cnndsl-checkpoint"
 VERSION = 1
@@ -154,7 +154,7 @@ def spec_of(state: dict, where: str | Path = "checkpoint"):
     YAML specs are parsed as YAML (their `net:`, blocks, `input:`, `train:`);
     `.cnn` files and inline text as DSL.
     """
-    from . import spec as specs
+    from ..lang import spec as specs
 
     record = state["spec"]
     text, name = str(record["text"]), str(record["name"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
+from ..errors import Span
 
 
 # --- values: whole numbers, floats, booleans, parameter names, {expressions} ---

@@ -6,7 +6,7 @@ resolved options), `written` (the options the user wrote) and `span`. An edge's
 `port` orders the inputs of a CONCAT or ADD. Nodes are added producers first, so
 the graph's node order is a topological order, which every pass relies on.
 
->>> from cnndsl.parser import parse_program
+>>> from cnndsl.lang.parser import parse_program
 >>> g = expand(parse_program("INPUT(3, 8, 8) -> [CONV3-4 -> RELU]*2"))
 >>> list(g)
 ['input', 'conv1', 'relu1', 'conv2', 'relu2']
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from . import ast
-from .errors import CnnDslError, Span, did_you_mean
-from .layers import KINDS, MERGE_KINDS, Kind, Opts
+from ..errors import CnnDslError, Span, did_you_mean
+from ..graph import call_note, shape_text
+from ..layers import KINDS, MERGE_KINDS, Kind, Opts
 
 DEFAULT_MAX_LAYERS = 100_000
 _HEAD = re.compile(r"([A-Z]+?)(\d+)(?:X(\d+))?")
@@ -262,8 +263,8 @@ class _Builder:
             if given is None or given.override:
                 return (given.shape if given else written), first.span
             if given.shape != written:
-                raise CnnDslError(f"the net's INPUT {_dims(written)} disagrees with the spec's "
-                                  f"input {_dims(given.shape)}", first.span)
+                raise CnnDslError(f"the net's INPUT {shape_text(written)} disagrees with the spec's "
+                                  f"input {shape_text(given.shape)}", first.span)
             return written, first.span
         if given is None:
             raise CnnDslError("the network has no input: start it with INPUT(C, H, W), or give "
@@ -308,20 +309,6 @@ class _Builder:
         self.graph.add_node(name, kind=kind, opts=opts, written=written, span=span, calls=calls)
         for port, source in enumerate(inputs):
             self.graph.add_edge(source, name, port=port)
-
-
-def call_note(call: ast.Unit) -> str:
-    return f"in {call.span.text()}, called here"
-
-
-def inputs(graph: nx.DiGraph, name: str) -> list[str]:
-    """A node's inputs in the order they were written (a CONCAT's branch order)."""
-    edges = graph._pred[name]  # {input: edge data}: far cheaper than graph.edges[p, name]
-    return list(edges) if len(edges) < 2 else sorted(edges, key=lambda p: edges[p]["port"])
-
-
-def _dims(shape) -> str:
-    return "×".join(map(str, shape))
 
 
 def _split_input(net: ast.Chain):

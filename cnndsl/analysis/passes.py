@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import CnnDslError, Diagnostic
-from .expand import call_note, inputs
-from .layers import KINDS, ShapeMismatch, describe, numel
+from ..errors import CnnDslError, Diagnostic
+from ..graph import call_note, inputs, shape_text
+from ..layers import KINDS, ShapeMismatch, describe, numel
 
 
 def resolve_bias(g: nx.DiGraph) -> None:
@@ -89,7 +89,7 @@ def _fit(window, hw: tuple, written: str, span, strict: bool, diagnostics: list)
     for n, k, s, p, d in zip(hw, window.kernel, window.stride, window.pad, window.dilation):
         extent = d * (k - 1) + 1
         if n + 2 * p < extent:  # the output side would be below 1
-            raise CnnDslError(f"{written} leaves no output from its {_dims(hw)} input: "
+            raise CnnDslError(f"{written} leaves no output from its {shape_text(hw)} input: "
                               f"{_formula(n, extent, s, p)}; its {extent}-wide window is larger "
                               f"than its padded input, {n} + 2·{p} = {n + 2 * p} < {extent}", span)
         out = window_output(n, extent, s, p, window.ceil)
@@ -127,7 +127,7 @@ def _misfit(misfit, hw, written, span, strict) -> Diagnostic:
     n, extent, s, p, out = misfit
     skipped = (n - extent + 2 * p) % s  # rows of the padded input no window reaches
     lost = skipped - p                   # ... of which real input, not zero padding
-    message = f"{written} does not fit its {_dims(hw)} input: {_formula(n, extent, s, p)}; "
+    message = f"{written} does not fit its {shape_text(hw)} input: {_formula(n, extent, s, p)}; "
     if lost <= 0:
         message += f"it is floored to {out}; only padding goes unread, no input pixel is lost"
     elif lost == 1:
@@ -141,12 +141,12 @@ def _merge_message(op: str, xs: list[tuple]) -> str:
     first = xs[0]
     i, other = next((i, x) for i, x in enumerate(xs[1:], 2) if _disagree(op, first, x))
     if op == "RES":
-        return (f"RES's chain changes the shape {_dims(other)} → {_dims(first)}, so its input "
+        return (f"RES's chain changes the shape {shape_text(other)} → {shape_text(first)}, so its input "
                 f"cannot be added back; use a projection shortcut: "
                 f"ADD(..., {_projection(first, other)})")
     what = "heights and widths" if op == "CONCAT" else "shapes"
-    message = (f"{op} branches disagree in their {what}: branch 1 gives {_dims(first)}, "
-               f"branch {i} gives {_dims(other)}")
+    message = (f"{op} branches disagree in their {what}: branch 1 gives {shape_text(first)}, "
+               f"branch {i} gives {shape_text(other)}")
     if op == "ADD" and len(first) == len(other):
         # The projection goes on the branch that still has the larger height and width.
         j, source, target = (1, first, other) if len(first) == 3 and first[1] > other[1] else (i, other, first)
@@ -164,10 +164,6 @@ def _projection(target: tuple, source: tuple) -> str:
         return f"FC-{target[0]} -> BN"
     stride = source[1] // target[1] if len(target) == len(source) == 3 and target[1] else 1
     return f"CONV1-{target[0]}" + (f"/{stride}" if stride > 1 else "") + " -> BN"
-
-
-def _dims(shape) -> str:
-    return "×".join(map(str, shape))
 
 
 def count_costs(g: nx.DiGraph) -> None:

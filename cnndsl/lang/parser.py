@@ -1,4 +1,4 @@
-"""Text → syntax tree (`cnndsl.ast`), with Lark and the grammar in grammar/cnndsl.lark.
+"""Text → syntax tree (`cnndsl.lang.ast`), with Lark and the grammar in grammar/cnndsl.lark.
 
 >>> program = parse_program("INPUT(3, 32, 32) -> CONV3-64 -> RELU")
 >>> [unit.name for unit in program.net.items]
@@ -12,8 +12,8 @@ import lark
 from lark import Transformer, v_args
 
 from . import ast
-from .errors import CnnDslError, Fragment, Source
-from .resources import grammar_text
+from ..errors import CnnDslError, Fragment, Source
+from ..resources import grammar_text
 
 MAX_NESTING = 100  # brackets deeper than this are refused before Python's recursion limit is near
 

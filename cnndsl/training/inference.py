@@ -1,0 +1,97 @@
+"""A trained checkpoint put to use: its model (whole, or up to one layer) on its data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CnnDslError, did_you_mean
+
+
+def load_for_inference(args, layer: str | None = None) -> dict:
+    """The checkpoint's model (up to `layer`, if given) on its device, and its data."""
+    import torch
+
+    from . import checkpoint
+    from .data import load_data
+    from .runtime import start_runtime
+    from .settings import make_config
+
+    if args.batch_size < 1:
+        raise CnnDslError(f"--batch-size must be a positive whole number, got {args.batch_size}")
+    state = checkpoint.load(args.checkpoint)
+    spec = checkpoint.spec_of(state, args.checkpoint)
+    config = make_config(spec, {"data": args.data, "device": args.device}, base=state["config"])
+    analysis = spec.analyze(strict=config.strict)
+    analysis.raise_for_errors()
+    model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
+    rt = start_runtime(config)
+    data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
+                     seed=config.seed, limit=config.limit)
+    if data.num_classes > len(state["class_names"]) and layer is None:
+        raise CnnDslError(f"'{data.name}' has {data.num_classes} classes; {args.checkpoint} was "
+                          f"trained on {len(state['class_names'])}")
+    norm = state["normalize"]
+    return {"model": model.to(rt.device).eval(), "rt": rt, "data": data,
+            "mean": norm["mean"].to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "std": norm["std"].to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "splits": {"train": (data.train_x, data.train_y), "val": (data.val_x, data.val_y),
+                       "test": (data.test_x, data.test_y)}}
+
+
+def model_upto(analysis, name: str, layer: str | None, state: dict, where):
+    """The network, or its part that ends at `layer` (all that layer depends on), with the
+    checkpoint's weights."""
+    import networkx as nx
+
+    from ..backends.torch_fx import build_module
+
+    g = analysis.graph
+    if layer is not None:
+        layers = [n for n in g if n != "input"]
+        if layer not in layers:
+            raise CnnDslError(f"no layer named '{layer}'{did_you_mean(layer, layers)} "
+                              f"(`cnndsl analyze` lists them)")
+        keep = nx.ancestors(g, layer) | {layer}
+        part = nx.DiGraph(**g.graph)
+        part.add_nodes_from((n, g.nodes[n]) for n in g if n in keep)   # keeps graph order
+        part.add_edges_from((u, v, d) for u, v, d in g.edges(data=True) if u in keep and v in keep)
+        part.graph["output"] = layer
+        g = part
+    model = build_module(g, name)
+    weights = {k: v for k, v in state["model"].items() if k in model.state_dict()}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CnnDslError(f"{where}: its weights do not fit its spec: "
+                          f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+def activations(loaded: dict, x, batch_size: int):
+    import torch
+
+    rt, model, parts = loaded["rt"], loaded["model"], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = rt.images(x[start:start + batch_size])
+            with rt.autocast():
+                parts.append(model((xb - loaded["mean"]) / loaded["std"]).float().cpu())
+        if not parts:  # an empty split (no validation images): 0 × the layer's shape
+            probe = model(rt.images(torch.zeros(1, *x.shape[1:])))
+            return torch.zeros(0, *probe.shape[1:])
+    return torch.cat(parts)
+
+
+def write_features(out: Path, arrays: dict, class_names: list, layer: str) -> None:
+    import numpy as np
+    import torch
+
+    from .checkpoint import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".pt":
+        payload = {**arrays, "class_names": list(class_names), "layer": layer}
+        atomic_write(out, lambda f: torch.save(payload, f))
+    else:
+        payload = {k: v.numpy() for k, v in arrays.items()}
+        payload.update(class_names=np.array(class_names), layer=np.array(layer))
+        atomic_write(out, lambda f: np.savez(f, **payload))

@@ -1,0 +1,379 @@
+"""`cnndsl train`: config, data, model, optimiser, one loop — read it top to bottom.
+
+nanoGPT's train.py is the model: one visible sequence of plain stages, with the
+practice each line follows cited beside it. The practices are the lecture notes'
+("Training: best practices": mini-batch SGD, centre your data, Xavier
+initialisation, dropout, data augmentation; transfer learning) plus the usual
+modern ones (Adam/AdamW, weight decay, warm-up, step / cosine / one-cycle
+schedules, label smoothing, bf16 autocast and channels_last on GPUs, DDP).
+
+Reproducible by construction: everything random in epoch e (batch order,
+augmentation, dropout) is seeded from (seed, e), so a run resumed from the
+checkpoint of epoch k repeats the uninterrupted run exactly (bit for bit on CPU),
+even when it was killed with kill -9 in the middle of epoch k + 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.torch_fx import build_module
+from ..errors import CnnDslError, did_you_mean
+from ..graph import shape_text
+from . import checkpoint
+from .augment import build_augment
+from .data import channel_stats, load_data
+from .evaluate import evaluate
+from .optim import lr_at, make_optimizer
+from .progress import Reporter, _epoch_line
+from .runtime import Runtime, derive_seed, start_runtime, stop_runtime
+from .settings import Config
+
+
+class Diverged(CnnDslError):
+    """The loss became NaN or infinite: stop, keeping the last good checkpoint."""
+
+
+@dataclass
+class Run:
+    """What one training run holds; `train()` fills it stage by stage."""
+
+    spec: object
+    config: Config
+    out: Path
+    rt: Runtime
+    analysis: object = None
+    data: object = None
+    mean: torch.Tensor = None
+    std: torch.Tensor = None
+    augment: object = None
+    model: torch.nn.Module = None        # what the steps call (maybe compiled, DDP-wrapped)
+    raw_model: torch.nn.Module = None    # the GraphModule itself: what is saved and evaluated
+    optimizer: torch.optim.Optimizer = None
+    steps_per_epoch: int = 0
+    epoch: int = 0                       # epochs completed
+    best: dict | None = None
+    elapsed: dict = field(default_factory=lambda: {"seconds": 0.0, "train_seconds": 0.0, "images": 0})
+    report: "Reporter" = None
+
+
+def train(spec, config: Config, out: str | Path, resume: dict | None = None) -> dict:
+    """Train `spec` as `config` says, writing into `out`; `resume` is a checkpoint to continue.
+
+    Returns the summary (also written to out/summary.json).
+    """
+    rt = start_runtime(config)
+    run = Run(spec, config, Path(out), rt, report=Reporter(rt.is_main))
+    try:
+        return _train(run, resume)
+    finally:
+        run.report.close()
+        stop_runtime(rt)
+
+
+def _train(run: Run, resume: dict | None) -> dict:
+    c, rt = run.config, run.rt
+    torch.manual_seed(c.seed)
+    if rt.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+
+    # --- data -------------------------------------------------------------------------
+    run.analysis = analysis = run.spec.analyze(strict=c.strict)
+    analysis.raise_for_errors()
+    run.data = data = load_data(c.data, analysis.input_shape, val_fraction=c.val_fraction,
+                                seed=c.seed, limit=c.limit)
+    _check_classes(analysis, data)
+    # "Center (subtract mean from) your data" (the notes): per-channel mean and std of
+    # the training images, applied after augmentation and saved with the model.
+    run.mean, run.std = (channel_stats(data.train_x) if resume is None else
+                         (resume["normalize"]["mean"], resume["normalize"]["std"]))
+    run.augment = build_augment(c.augment)
+    _place_data(run)
+
+    # --- model ------------------------------------------------------------------------
+    model = build_module(analysis.graph, run.spec.name, c.init)
+    if c.init_from and resume is None:
+        _init_from(model, c.init_from, run.report)
+    frozen = freeze_layers(model, analysis, c.freeze)
+    model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    run.raw_model = run.model = model
+    if c.compile:
+        run.model = torch.compile(run.model)
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        run.model = DistributedDataParallel(run.model, device_ids=ids)   # all-reduces gradients
+
+    # --- optimiser --------------------------------------------------------------------
+    run.optimizer = make_optimizer(c, [p for p in model.parameters() if p.requires_grad])
+    run.steps_per_epoch = len(epoch_batches(len(data.train_y), c.batch_size, rt.world))
+    if resume is not None:
+        _restore(run, resume)
+    truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt)
+    _announce(run, frozen)
+
+    # --- the loop: train an epoch, validate, log, checkpoint --------------------------
+    for epoch in range(run.epoch, c.epochs):
+        started = time.perf_counter()
+        stats = train_epoch(run, epoch)
+        val = evaluate(run.raw_model, data.val_x, data.val_y, rt, run.mean, run.std, c.batch_size)
+        seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
+                   "val_loss": val["loss"], "val_acc": val["acc"], "lr": stats["lr"],
+                   "seconds": round(seconds, 3),
+                   "images_per_s": round(stats["images"] / stats["seconds"], 1)}
+        run.elapsed = {"seconds": run.elapsed["seconds"] + seconds,
+                       "train_seconds": run.elapsed["train_seconds"] + stats["seconds"],
+                       "images": run.elapsed["images"] + stats["images"]}
+        run.epoch = epoch + 1
+        _end_epoch(run, metrics)
+
+    # --- test -------------------------------------------------------------------------
+    return _finish(run)
+
+
+def _check_classes(analysis, data) -> None:
+    shape, k = analysis.output_shape, data.num_classes
+    if shape is None or len(shape) != 1 or shape[0] < k:
+        out = shape_text(shape) if shape else "nothing"
+        raise CnnDslError(f"the network's output is {out}, but '{data.name}' has {k} classes: "
+                          f"end the net in FC-{k}", analysis.graph.nodes[analysis.output]["span"])
+
+
+def _place_data(run: Run) -> None:
+    """Keep a small data set on the GPU (no copy per step); else batches are copied pinned."""
+    d, rt = run.data, run.rt
+    run.mean = run.mean.to(rt.device).view(1, -1, 1, 1)
+    run.std = run.std.to(rt.device).view(1, -1, 1, 1)
+    if rt.device.type == "cuda" and d.train_x.numel() * 4 < 2 ** 31:
+        d.train_x, d.train_y = d.train_x.to(rt.device), d.train_y.to(rt.device)
+
+
+def _init_from(model, path: str, report) -> None:
+    """Transfer learning (the notes): copy the weights whose names and shapes match."""
+    weights = checkpoint.load_weights_file(path)
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    report.line(f"init-from {path}: loaded {len(matching)} of {len(own)} tensors "
+                f"({len(weights) - len(matching)} in the file did not match by name and shape)")
+
+
+def freeze_layers(model, analysis, upto: str | None) -> list[str]:
+    """Fix every layer up to and including `upto`, in graph order; returns their names.
+
+    `upto` is a layer name from the analysis (`fc6`, `stage2.bottle3.conv2`) or a
+    block's name (`layer2`: up to its last layer).
+    """
+    if not upto:
+        return []
+    layers = [n for n in analysis.graph if n != "input"]
+    inside = [n for n in layers if n.startswith(upto + ".")]
+    last = upto if upto in layers else (inside[-1] if inside else None)
+    if last is None:
+        raise CnnDslError(f"--freeze: no layer named '{upto}'{did_you_mean(upto, layers)}")
+    frozen = set(layers[:layers.index(last) + 1])
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[0] in frozen:
+            p.requires_grad_(False)
+    return [n for n in layers if n in frozen]
+
+
+def epoch_batches(n: int, batch_size: int, world: int, gen: torch.Generator | None = None) -> list:
+    """One epoch's mini-batches: a permutation of 0..n-1 cut in `batch_size` pieces.
+
+    A last piece with fewer than two images per process is dropped: batch norm needs
+    two, and every DDP process must take part in every step.
+    """
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2 * world:
+        batches.pop()
+    return batches
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the training images; returns the epoch's loss, accuracy and speed."""
+    c, rt, d = run.config, run.rt, run.data
+    run.model.train()
+    order = torch.Generator().manual_seed(derive_seed(c.seed, epoch, "order"))
+    jitter = torch.Generator().manual_seed(derive_seed(c.seed, epoch, f"augment{rt.rank}"))
+    torch.manual_seed(derive_seed(c.seed, epoch, f"dropout{rt.rank}"))
+    batches = epoch_batches(len(d.train_y), c.batch_size, rt.world, order)
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)   # loss·n, correct, n
+    check_every = 1 if rt.device.type == "cpu" else 20   # .item() waits for the GPU
+    run.report.start_epoch(epoch + 1, c.epochs, len(batches))
+    started = time.perf_counter()
+    for i, idx in enumerate(batches):
+        idx = idx[rt.rank::rt.world].to(d.train_x.device)   # this process's share
+        x = run.augment(rt.images(d.train_x[idx]), jitter)
+        x = (x - run.mean) / run.std
+        y = d.train_y[idx].to(rt.device, non_blocking=True)
+        lr = lr_at(c, epoch * run.steps_per_epoch + i, run.steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        logits, loss = train_step(run, x, y)
+        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(len(y)), device=rt.device, dtype=torch.float64)])
+        if (i + 1) % check_every == 0 or i + 1 == len(batches):
+            _progress(run, sums, i + 1, started, epoch, lr, local=True)
+    rt.all_reduce(sums)
+    _progress(run, sums, len(batches), started, epoch, lr, local=False)
+    loss, correct, n = sums.tolist()
+    return {"loss": loss / n, "acc": correct / n, "lr": lr, "images": int(n),
+            "seconds": time.perf_counter() - started}
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor):
+    with run.rt.autocast():
+        logits = run.model(x)
+    # The loss in fp32 whatever autocast computed the logits in.
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=run.config.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return logits, loss
+
+
+def _progress(run: Run, sums, step: int, started: float, epoch: int, lr: float, local: bool) -> None:
+    """Update the progress bar, and stop the run the moment the loss is not finite."""
+    loss, correct, n = sums.tolist()
+    # Across processes the check waits for the epoch's all-reduce, so all stop together.
+    if not math.isfinite(loss) and (not local or run.rt.world == 1):
+        where = f"epoch {epoch + 1}, step {step}"
+        last = run.out / "last.pt"
+        kept = (f"the last good checkpoint is {last} (epoch {run.epoch})" if run.epoch
+                else "no checkpoint was written")
+        raise Diverged(f"training diverged: the loss became {loss} at {where} (lr {lr:.3g}); "
+                       f"lower the learning rate; {kept}")
+    ips = n * run.rt.world / max(time.perf_counter() - started, 1e-9)
+    run.report.update(step, loss / max(n, 1), correct / max(n, 1), ips)
+
+
+def _end_epoch(run: Run, metrics: dict) -> None:
+    """Log the epoch, then write metrics and checkpoints together (Ctrl-C waits for them)."""
+    run.report.epoch_line(_epoch_line(metrics, run.config.epochs))
+    better = _improved(run.best, metrics)
+    if better:
+        run.best = better
+    if not run.rt.is_main:
+        return
+    with checkpoint.sigint_deferred():
+        with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        state = checkpoint_state(run)
+        checkpoint.save(run.out / "last.pt", state)
+        if better:
+            checkpoint.save(run.out / "best.pt", state)
+
+
+def _improved(best: dict | None, m: dict) -> dict | None:
+    """The new best if this epoch is better: higher val accuracy (ties: lower val loss);
+    without a validation split, lower training loss."""
+    if m["val_acc"] is not None:
+        new = {"metric": "val_acc", "value": m["val_acc"], "loss": m["val_loss"], "epoch": m["epoch"]}
+        better = best is None or (new["value"], -new["loss"]) > (best["value"], -best["loss"])
+    else:
+        new = {"metric": "train_loss", "value": m["train_loss"], "loss": m["train_loss"], "epoch": m["epoch"]}
+        better = best is None or new["value"] < best["value"]
+    return new if better else None
+
+
+def checkpoint_state(run: Run) -> dict:
+    """Everything to rebuild the model and to resume the run (see checkpoint.py)."""
+    cuda = run.rt.device.type == "cuda"
+    order = torch.Generator().manual_seed(derive_seed(run.config.seed, run.epoch, "order"))
+    return {
+        "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+        "spec": checkpoint.spec_record(run.spec),
+        "input_shape": list(run.analysis.input_shape), "class_names": list(run.data.class_names),
+        "config": asdict(run.config),
+        "normalize": {"mean": run.mean.flatten().cpu(), "std": run.std.flatten().cpu()},
+        "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"name": run.config.schedule, "step": run.epoch * run.steps_per_epoch,
+                      "steps_per_epoch": run.steps_per_epoch},
+        "epoch": run.epoch, "best": run.best, "elapsed": dict(run.elapsed),
+        # The next epoch reseeds every stream from (seed, epoch); these are kept so the
+        # exact state at the checkpoint can still be inspected or restored.
+        "rng": {"torch": torch.get_rng_state(), "order": order.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+    }
+
+
+def _restore(run: Run, state: dict) -> None:
+    run.raw_model.load_state_dict(state["model"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CnnDslError(f"cannot resume: the optimiser state does not fit ({e})") from None
+    run.epoch, run.best, run.elapsed = int(state["epoch"]), state["best"], dict(state["elapsed"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if run.rt.device.type == "cuda" and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def truncate_metrics(path: Path, epoch: int, rt: Runtime) -> None:
+    """Keep only the lines of epochs 1..epoch: those after the checkpoint are redone."""
+    if not rt.is_main:
+        return
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [ln for ln in lines if _epoch_of(ln) is not None and _epoch_of(ln) <= epoch]
+    if kept != lines or (epoch == 0 and path.exists()):
+        text = "".join(ln + "\n" for ln in kept)
+        checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):  # a torn last line after kill -9
+        return None
+
+
+def _finish(run: Run) -> dict:
+    d, totals = run.data, run.analysis.totals()
+    test = evaluate(run.raw_model, d.test_x, d.test_y, run.rt, run.mean, run.std,
+                    run.config.batch_size)
+    e = run.elapsed
+    summary = {
+        "spec": run.spec.name, "data": d.name, "test_acc": test["acc"], "test_loss": test["loss"],
+        "epochs": run.epoch, "seconds": round(e["seconds"], 2),
+        "images_per_s": round(e["images"] / e["train_seconds"], 1) if e["train_seconds"] else None,
+        "params": totals["params"], "macs": totals["macs"],
+        "best_val_acc": run.best["value"] if run.best and run.best["metric"] == "val_acc" else None,
+        "best_epoch": run.best["epoch"] if run.best else None,
+        "device": str(run.rt.device.type), "world_size": run.rt.world,
+        "train_images": len(d.train_y), "val_images": len(d.val_y), "test_images": test["n"],
+    }
+    if d.num_classes > 5:
+        summary["test_top5"] = test["top5"]
+    if run.rt.is_main:
+        text = json.dumps(summary, indent=2) + "\n"
+        checkpoint.atomic_write(run.out / "summary.json", lambda f: f.write(text.encode()))
+        top5 = f" (top-5 {test['top5']:.4f})" if "test_top5" in summary else ""
+        run.report.line(f"test acc {test['acc']:.4f}{top5} on {test['n']} images | "
+                        f"{e['seconds']:.1f} s | {run.out / 'summary.json'}")
+    return summary
+
+
+def _announce(run: Run, frozen: list[str]) -> None:
+    c, d, rt, t = run.config, run.data, run.rt, run.analysis.totals()
+    where = f"{rt.device.type}" + (f" ×{rt.world} (DDP)" if rt.world > 1 else "")
+    extras = [s for s, on in (("bf16", rt.bf16), ("channels_last", rt.channels_last),
+                              ("compiled", c.compile)) if on]
+    run.report.line(f"{run.spec.name}: {t['params']:,} params, {t['macs']:,} MACs | {d.name}: "
+                    f"{len(d.train_y)} train / {len(d.val_y)} val / {len(d.test_y)} test | "
+                    f"{where}{' ' + ', '.join(extras) if extras else ''} | {run.out}")
+    if frozen:
+        run.report.line(f"frozen: {len(frozen)} layers, {frozen[0]} … {frozen[-1]}")
+    if run.epoch:
+        run.report.line(f"resuming after epoch {run.epoch} from {run.out / 'last.pt'}")

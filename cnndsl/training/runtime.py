@@ -1,0 +1,71 @@
+"""Where a run computes: the device, its settings, and the DDP process group under torchrun."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CnnDslError
+from .settings import Config
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0                 # this process among `world` (torchrun's RANK / WORLD_SIZE)
+    world: int = 1
+    bf16: bool = False
+    channels_last: bool = False
+
+    @property
+    def is_main(self) -> bool:   # only rank 0 prints and writes files
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the device, in the memory layout the model was put in."""
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory().to(self.device, non_blocking=True)  # copy overlaps compute
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def start_runtime(config: Config) -> Runtime:
+    """The device, and when launched by torchrun, the process group (DDP)."""
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise CnnDslError("--device cuda: no CUDA GPU is available (use --device auto or cpu)")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and cuda)
+    world, rank, local = (int(os.environ.get(k, d)) for k, d in
+                          (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True          # pick the fastest conv kernels per shape
+        torch.backends.cuda.matmul.allow_tf32 = True   # fp32 leftovers of autocast use TF32
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    # bf16 needs Ampere or newer; older GPUs train in fp32.
+    bf16 = use_cuda and config.bf16 and torch.cuda.is_bf16_supported()
+    return Runtime(device, rank, world, bf16=bf16, channels_last=use_cuda and config.channels_last)
+
+
+def stop_runtime(rt: Runtime) -> None:
+    if rt.world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A seed for one random stream of one epoch: resuming at epoch e needs only (seed, e)."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
