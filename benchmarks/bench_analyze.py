@@ -1,6 +1,6 @@
 """How long the whole `cnndsl analyze` process takes, against `python -c "import torch"`.
 
-DESIGN.md: "`cnndsl analyze` must start and finish in a fraction of a second". The
+cnndsl's design: `cnndsl analyze` must start and finish in a fraction of a second. The
 peer measured in the same run is the cheapest thing any PyTorch tool does — import
 torch — so the ratios hold from one machine to the next. Targets:
 

@@ -5,9 +5,11 @@
     >>> spec.analyze().output_shape           # the notes' AlexNet CONV1: 55×55×96
     (96, 55, 55)
 
-The pipeline (DESIGN.md): `parser` (text → syntax tree), `expand` (→ networkx graph),
-`passes` (shapes, costs, receptive fields), `analysis` / `report` (totals, table,
-JSON), `compile` (→ torch.fx GraphModule), `train`.
+The pipeline, one folder a stage (the README's "Layout" lists every module):
+`lang` (text → syntax tree → graph: `parser`, `expand`, `spec`), `graph` (the node
+data and its helpers), `layers` (the one table of kinds and joins), `analysis` (passes,
+totals, report), `backends` (→ torch.fx GraphModule), `training` (settings, data, the
+loop, checkpoints), `cli` (one module per subcommand). The language: docs/language.md.
 """
 from .analysis import Analysis
 from .errors import CnnDslError

@@ -7,7 +7,7 @@ characters back to the file, so a diagnostic always names the file's true line.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +90,53 @@ class Fragment:
         return Span(self.source, first, max(stop, first + 1))
 
 
+MAX_MESSAGE = 1000  # characters of a diagnostic's message; the middle of a longer one is cut
+MAX_LINE = 160      # a longer source line is shown as a window around the caret ...
+LINE_WINDOW = 120   # ... of this many characters
+MAX_DIGITS = 50     # digits of a whole number in a spec (see `too_many_digits`)
+
+
+def clip(text: str, limit: int = 80, keep_end: bool = False) -> str:
+    """`text`, cut to `limit` characters with "…" where it is cut: for quoting what the
+    input wrote in a message.
+
+    >>> clip("x" * 100, 10)
+    'xxxxxxxxx…'
+    """
+    if len(text) <= limit:
+        return text
+    if not keep_end:
+        return text[:limit - 1] + "…"
+    tail = limit // 4
+    return text[:limit - tail - 1] + "…" + text[len(text) - tail:]
+
+
+def too_many_digits(digits: int) -> str | None:
+    """The message for a whole number with more than `MAX_DIGITS` digits, else None.
+
+    No layer has a size, stride or count of more than a few digits; a longer number
+    would only overflow the analysis' floats (past 308 digits) or Python's int-to-text
+    conversion (past 4,300 digits), so it is refused where it is written."""
+    if digits <= MAX_DIGITS:
+        return None
+    return f"a number with {digits:,} digits is too large (at most {MAX_DIGITS} digits)"
+
+
+def _window(text: str, start: int, width: int) -> tuple[str, int, int]:
+    """A long line cut to a window around the caret: (shown text, caret column from 0,
+    caret width)."""
+    if len(text) <= MAX_LINE:
+        return text, start, width
+    # From the line's start while the caret is in its first two thirds, else with a
+    # third of the window before the caret.
+    lo = 0 if start < 2 * LINE_WINDOW // 3 else max(0, min(start - LINE_WINDOW // 3,
+                                                         len(text) - LINE_WINDOW))
+    hi = min(len(text), lo + LINE_WINDOW)
+    shown = ("…" if lo > 0 else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+    caret = start - lo + (lo > 0)
+    return shown, caret, max(1, min(width, hi - start))
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     severity: str  # "error" | "warning" | "note"
@@ -97,18 +144,28 @@ class Diagnostic:
     span: Span | None = None
     notes: tuple["Diagnostic", ...] = ()
 
+    def __post_init__(self):
+        # A message may quote what the input wrote (a name, a value): cap it, so that a
+        # megabyte-long name makes a diagnostic of a few lines, not of a megabyte.
+        if len(self.message) > MAX_MESSAGE:
+            object.__setattr__(self, "message", clip(self.message, MAX_MESSAGE, keep_end=True))
+
     def format(self) -> str:
-        """`file:line:col: severity: message`, the source line, and a caret span."""
+        """`file:line:col: severity: message`, the source line, and a caret span.
+
+        A source line longer than `MAX_LINE` is shown as a window of `LINE_WINDOW`
+        characters around the caret, with "…" where it is cut."""
         if self.span is None:
             head = f"{self.severity}: {self.message}"
             return "\n".join([head] + [n.format() for n in self.notes])
         src, line, col = self.span.source, self.span.line, self.span.col
         text = src.line_text(line)
         width = max(1, min(self.span.end - self.span.start, len(text) - col + 1))
+        text, caret, width = _window(text, col - 1, width)
         lines = [
             f"{src.display_name}:{line}:{col}: {self.severity}: {self.message}",
             "    " + text.expandtabs(1),
-            "    " + " " * (col - 1) + "^" * width,
+            "    " + " " * caret + "^" * width,
         ]
         return "\n".join(lines + [n.format() for n in self.notes])
 

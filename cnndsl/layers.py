@@ -5,6 +5,14 @@ and their defaults, how the DSL head (`CONV3-64/2`) fills them, its shape rule, 
 parameter, MAC and FLOP counts, and how to build its torch module. Adding a layer is
 adding one entry to `KINDS`; nothing else branches on layer names.
 
+Joins (`merge=True`: CONCAT, ADD) are entries too, written `NAME(chain, chain, ...)`:
+besides the shape rule and the costs, an entry says how many chains it takes
+(`arity`), how a shape mismatch is worded (`mismatch`), how it is emitted into a
+torch.fx graph (`emit`), and its shorthands (ADD's `RES(a)`, which appends the
+identity branch: `ADD(a, ID)`). The grammar's join word is made from the table's
+join names (`join_words()`), so adding a join is adding an entry here, or
+`register(Kind(...))` at run time.
+
 Shapes are tuples: (C, H, W) for a volume, (N,) for a flat vector. Counting rules
 (the README's "Counting conventions"):
 * MACs are the multiply-accumulates of CONV and FC only (torchvision's "GFLOPS").
@@ -17,16 +25,29 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from .graph import shape_text
 
 REQUIRED = "required"
 
 
 class Opts(dict):
-    """A layer's resolved options; `o.stride` reads `o["stride"]`."""
+    """A layer's resolved options; `o.stride` reads `o["stride"]`.
 
-    __getattr__ = dict.__getitem__
+    A missing option is an AttributeError, so `hasattr()` and `copy.deepcopy()` work:
+
+    >>> o = Opts(stride=2)
+    >>> o.stride, hasattr(o, "nope")
+    (2, False)
+    """
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no option {name!r}") from None
 
 
 @dataclass(frozen=True)
@@ -85,11 +106,17 @@ class Kind:
     macs: Callable = _zero                 # (opts, input, output) -> multiply-accumulates
     flops: Callable = _zero                # (opts, input, output) -> FLOPs other than 2·MACs
     fan_in: Callable = _zero               # weights one output neuron reads (for "no sharing")
-    merge: bool = False                    # reads several inputs (CONCAT, ADD)
     global_rf: bool = False                # sees its whole input (GAP, FC on a volume)
     allocates: bool = True                 # its output is new memory, not a view of its input
+    absorbs_bias: bool = False             # a CONV or FC feeding only this layer has no bias (BN)
     build: Callable | None = None          # (opts, input shape, m) -> torch module; m = cnndsl.modules
-    emit: Callable | None = None           # merges: (fx graph, input nodes, torch) -> fx node
+    # Joins, written NAME(chain, chain, ...). Their shape, params, macs, flops and fan_in
+    # receive the list of input shapes (in branch order) instead of one shape.
+    merge: bool = False                    # a join: reads several inputs (CONCAT, ADD)
+    emit: Callable | None = None           # (fx graph, input nodes, torch) -> fx node
+    arity: tuple[int, int | None] = (1, None)  # chains written: at least, at most (None: any)
+    mismatch: Callable | None = None       # (written name, input shapes, ShapeMismatch) -> message
+    shorthands: tuple["Shorthand", ...] = ()   # other words for this join (ADD's RES)
 
     def option(self, name: str) -> Opt | None:
         return self._by_name.get(name)
@@ -201,18 +228,162 @@ def _activation(name: str, doc: str, cls: str, *options: Opt, flops: int = 1,
                 build=build or build_default)
 
 
-# --- branches ------------------------------------------------------------------
+# --- joins ----------------------------------------------------------------------
+
+class ShapeMismatch(Exception):
+    """Raised by a join's shape rule: branch `branch` (counted from 1) disagrees with
+    branch 1 in its `what` ("shapes", "heights and widths"); the join's `mismatch`
+    words the diagnostic."""
+
+    def __init__(self, what: str, branch: int):
+        super().__init__(what, branch)
+        self.what, self.branch = what, branch
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """Another word for a join, declared in the join's entry: RES(a) is ADD(a, ID)."""
+    name: str
+    doc: str
+    arity: tuple[int, int | None] = (1, None)
+    identity_branch: bool = False          # appends the join's own input as its last branch
+    mismatch: Callable | None = None       # None: the join's own
+
+
+@dataclass(frozen=True)
+class Join:
+    """A word written NAME(chain, ...): a join's own name or one of its shorthands,
+    with the table entry its node gets (`kind`). See `join_words()`."""
+    name: str
+    doc: str
+    kind: Kind
+    arity: tuple[int, int | None]
+    identity_branch: bool
+    mismatch: Callable
+
+    @property
+    def one_chain(self) -> bool:
+        """Takes exactly one chain, whose layers are then named `res1.conv1`, not `res1.b1.conv1`."""
+        return self.arity == (1, 1)
+
+    def arity_problem(self, chains: int) -> str | None:
+        """What is wrong with writing it with `chains` chains, if anything.
+
+        >>> join_words()["RES"].arity_problem(2)
+        'RES takes one chain: RES(a) means ADD(a, ID)'
+        """
+        low, high = self.arity
+        if low <= chains and (high is None or chains <= high):
+            return None
+        if high is None:
+            wanted = f"at least {_chains(low)}"
+        elif low == high:
+            wanted = _chains(low)
+        else:
+            wanted = f"{low} to {high} chains"
+        return f"{self.name} takes {wanted}: {self.doc}"
+
+
+def _chains(n: int) -> str:
+    return "one chain" if n == 1 else f"{n} chains"
+
+
+def join_words(table: dict[str, Kind] | None = None) -> dict[str, Join]:
+    """Every word written NAME(chain, ...), upper-case, in table order, each join's
+    shorthands right after it.
+
+    >>> list(join_words())
+    ['CONCAT', 'ADD', 'RES']
+    >>> join_words()["RES"].kind.name, join_words()["RES"].identity_branch
+    ('ADD', True)
+    """
+    words: dict[str, Join] = {}
+    for kind in (KINDS if table is None else table).values():
+        if not kind.merge:
+            continue
+        mismatch = kind.mismatch or branches_disagree
+        words[kind.name] = Join(kind.name, kind.doc, kind, kind.arity, False, mismatch)
+        for short in kind.shorthands:
+            words[short.name] = Join(short.name, short.doc, kind, short.arity,
+                                     short.identity_branch, short.mismatch or mismatch)
+    return words
+
+
+def register(kind: Kind) -> Kind:
+    """Adds a layer kind or a join (with its shorthands) to the table, as an entry
+    written in `KINDS` would be; the parser picks up a new join's name by itself."""
+    names = [kind.name, *(s.name for s in kind.shorthands)]
+    for name in names:
+        if not (name.isidentifier() and name.isupper()):
+            raise ValueError(f"a table name is an upper-case identifier, not {name!r}")
+    taken = sorted(set(names) & (set(KINDS) | set(join_words())))
+    if taken or len(set(names)) < len(names):
+        raise ValueError(f"{', '.join(taken or names)} is already a name in the table")
+    if kind.merge and kind.emit is None:
+        raise ValueError(f"join {kind.name} needs an `emit` for torch.fx")
+    if kind.shorthands and not kind.merge:
+        raise ValueError(f"only a join has shorthands, and {kind.name} is not one")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def first_disagreeing(xs, same: Callable) -> int | None:
+    """The branch (counted from 1) whose shape is not `same` as branch 1's, if any."""
+    return next((i for i, x in enumerate(xs[1:], 2) if not same(xs[0], x)), None)
+
 
 def _concat_shape(o, xs):
-    if len({len(x) for x in xs}) > 1 or any(x[1:] != xs[0][1:] for x in xs):
-        raise ShapeMismatch("heights and widths")
+    i = first_disagreeing(xs, lambda a, b: len(a) == len(b) and a[1:] == b[1:])
+    if i is not None:
+        raise ShapeMismatch("heights and widths", i)
     return (sum(x[0] for x in xs),) + tuple(xs[0][1:])
 
 
 def _add_shape(o, xs):
-    if any(x != xs[0] for x in xs):
-        raise ShapeMismatch("shapes")
+    i = first_disagreeing(xs, lambda a, b: a == b)
+    if i is not None:
+        raise ShapeMismatch("shapes", i)
     return xs[0]
+
+
+def branches_disagree(name: str, xs, e: ShapeMismatch) -> str:
+    """A join's mismatch message, unless its entry words its own."""
+    return (f"{name} branches disagree in their {e.what}: branch 1 gives {shape_text(xs[0])}, "
+            f"branch {e.branch} gives {shape_text(xs[e.branch - 1])}")
+
+
+def _add_mismatch(name: str, xs, e: ShapeMismatch) -> str:
+    message = branches_disagree(name, xs, e)
+    first, other = xs[0], xs[e.branch - 1]
+    if len(first) == len(other):
+        # The projection goes on the branch that still has the larger height and width.
+        j, source, target = ((1, first, other) if len(first) == 3 and first[1] > other[1]
+                             else (e.branch, other, first))
+        message += f"; add a projection shortcut to branch {j}: {_projection(target, source)}"
+    return message
+
+
+def _res_mismatch(name: str, xs, e: ShapeMismatch) -> str:
+    chain, given = xs[0], xs[e.branch - 1]  # the chain's output, and the input added back
+    return (f"{name}'s chain changes the shape {shape_text(given)} → {shape_text(chain)}, so its "
+            f"input cannot be added back; use a projection shortcut: "
+            f"ADD(..., {_projection(chain, given)})")
+
+
+def _projection(target: tuple, source: tuple) -> str:
+    """The 1×1 conv that maps `source` onto `target`: CONV1-{K}/{S} -> BN.
+
+    >>> _projection((128, 28, 28), (64, 56, 56)), _projection((10,), (64, 4, 4))
+    ('CONV1-128/2 -> BN', 'FC-10 -> BN')
+    """
+    if len(target) == 1:
+        return f"FC-{target[0]} -> BN"
+    stride = source[1] // target[1] if len(target) == len(source) == 3 and target[1] else 1
+    return f"CONV1-{target[0]}" + (f"/{stride}" if stride > 1 else "") + " -> BN"
+
+
+def _emit_cat(graph, xs, torch):
+    return graph.call_function(torch.cat, (list(xs), 1))
 
 
 def _emit_sum(graph, xs, torch):
@@ -221,10 +392,6 @@ def _emit_sum(graph, xs, torch):
     for x in xs[1:]:
         total = graph.call_function(operator.add, (total, x))
     return total
-
-
-class ShapeMismatch(Exception):
-    """Raised by a merge's shape rule; the shape pass words the diagnostic."""
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in [
@@ -268,7 +435,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("BN", "batch normalisation, 2-D or 1-D by its input",
          options=(Opt("eps", float, 1e-5, low=0), Opt("momentum", float, 0.1, low=0, high=1)),
          params=lambda o, x: 2 * x[0], buffers=lambda o, x: 2 * x[0] + 1,
-         flops=_per_element(2), build=_bn_build),
+         flops=_per_element(2), absorbs_bias=True, build=_bn_build),
     Kind("LRN", "local response normalisation across channels (AlexNet)",
          options=(Opt("size", int, 5, low=1), Opt("alpha", float, 1e-4, low=0),
                   Opt("beta", float, 0.75, low=0), Opt("k", float, 2.0, low=0)),
@@ -277,13 +444,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          build=lambda o, x, m: m.nn.Flatten()),
     Kind("ID", "identity", allocates=False),
     Kind("CONCAT", "joins its branches along channels", merge=True, shape=_concat_shape,
-         emit=lambda graph, xs, torch: graph.call_function(torch.cat, (list(xs), 1))),
+         flops=_zero, emit=_emit_cat, mismatch=branches_disagree),
     Kind("ADD", "sums its branches", merge=True, shape=_add_shape,
-         flops=lambda o, xs, y: (len(xs) - 1) * numel(y), emit=_emit_sum),
+         flops=lambda o, xs, y: (len(xs) - 1) * numel(y), emit=_emit_sum, mismatch=_add_mismatch,
+         shorthands=(Shorthand("RES", "RES(a) means ADD(a, ID)", arity=(1, 1),
+                               identity_branch=True, mismatch=_res_mismatch),)),
 ]}
-
-# Written only through CONCAT(...), ADD(...) and RES(...), never as a layer.
-MERGE_KINDS = {name for name, kind in KINDS.items() if kind.merge}
 
 
 def describe(kind: Kind, o: Opts, written: frozenset = frozenset()) -> str:

@@ -12,6 +12,7 @@ from cnndsl.training import checkpoint
 from cnndsl.cli import main
 from cnndsl.errors import CnnDslError
 from cnndsl.lang.spec import load, parse
+from helpers import trained_run
 
 SPEC = """\
 name: tiny
@@ -28,10 +29,7 @@ train:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    (folder / "tiny.yaml").write_text(SPEC)
-    assert main(["train", str(folder / "tiny.yaml"), "--limit", "100", "--out", str(folder / "run")]) == 0
-    return folder / "run" / "last.pt"
+    return trained_run(tmp_path_factory.mktemp("ckpt"), SPEC, "--limit", 100) / "last.pt"
 
 
 # --- writing ---------------------------------------------------------------------------

@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 
 from cnndsl.cli import main
+from helpers import ROOT, run_main as run
 
-ROOT = Path(__file__).resolve().parents[1]
 NET = "INPUT(3, 32, 32) -> (CONV3-16 -> BN -> RELU)*2 -> POOL -> FC-10"
-
-
-def run(capsys, *argv):
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_table_then_totals(capsys):
@@ -37,7 +31,7 @@ def test_json_schema(capsys):
     row = data["layers"][1]
     assert set(row) >= {"name", "kind", "output", "params", "macs", "rf", "jump"}
     assert row["name"] == "conv1" and row["kind"] == "CONV" and row["output"] == [16, 16, 16]
-    # conv1 feeds BN, so no bias: 3·3·3·16 weights (LANGUAGE 2.1).
+    # conv1 feeds BN, so no bias: 3·3·3·16 weights (docs/language.md 2.1).
     assert row["params"] == 432 and row["macs"] == 16 * 16 * 432
 
 

@@ -3,7 +3,7 @@
 Each case in tests/fixtures/diagnostics/ is a spec (`NAME.cnn` or `NAME.yaml`) and
 `NAME.expected`, the exact text `cnndsl analyze NAME.cnn` writes to stderr: for every
 diagnostic `file:line:col: severity: message`, the source line, and a caret line
-under the text at fault (LANGUAGE.md §6). The expected files were checked by
+under the text at fault (docs/language.md §6). The expected files were checked by
 reading them, caret by caret, not merely copied from the program's output.
 
 Exit status: 0 when the spec has no error (warnings allowed), 1 when it has errors,

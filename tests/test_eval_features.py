@@ -7,26 +7,15 @@ import pytest
 import torch
 
 from cnndsl.cli import main
+from helpers import FAST, TINY, trained_run
 
-SPEC = """\
-name: tiny
-input: [1, 8, 8]
-net: |
-  conv1: CONV3-16 -> RELU -> POOL -> hidden: FC-32 -> RELU -> FC-10
-train:
-  epochs: 3
-  batch_size: 32
-  optimizer: {name: adam, lr: 3.0e-3}
-"""
+SPEC = TINY.format(train=FAST)
 BRANCHY = "INPUT(1, 8, 8) -> CONV3-8 -> RES(CONV3-8 -> RELU) -> CONCAT(CONV1-4, POOL3/1(pad=1)) -> FC-10"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval")
-    (folder / "tiny.yaml").write_text(SPEC)
-    assert main(["train", str(folder / "tiny.yaml"), "--limit", "400", "--out", str(folder / "run")]) == 0
-    return folder / "run"
+    return trained_run(tmp_path_factory.mktemp("eval"), SPEC, "--limit", 400)
 
 
 def eval_json(capsys, *argv) -> dict:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import cnndsl
 from cnndsl import CnnDslError
 from cnndsl.cli import main
+from helpers import VGG16_YAML
 
 # Small enough that a mutation can never make CI slow, large enough for every seed.
 MAX_LAYERS = 3000
@@ -64,21 +65,7 @@ DSL_SEEDS = {
 }
 
 YAML_SEEDS = {
-    "vgg": """\
-name: vgg16
-description: VGG configuration D (Simonyan & Zisserman, 2014)
-input: [3, 224, 224]        # C, H, W
-fit: floor                  # or strict
-blocks:
-  stage(c, n): (CONV3-c -> RELU)*n -> POOL
-net: |
-  stage(64, 2) -> stage(128, 2) -> stage(256, 3) -> stage(512, 3) -> stage(512, 3)
-  -> FC-4096 -> RELU -> DROPOUT -> FC-4096 -> RELU -> DROPOUT -> FC-1000
-train:                      # defaults for `cnndsl train`; flags override
-  epochs: 74
-  batch_size: 256
-  optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4}
-""",
+    "vgg": VGG16_YAML,
     "plain": """\
 name: tiny
 input: [1, 8, 8]

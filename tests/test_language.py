@@ -1,10 +1,12 @@
-"""LANGUAGE.md, section by section: what it says must work exactly so."""
+"""The language reference (docs/language.md), section by section: what it says must
+work exactly so."""
 import textwrap
 
 import pytest
 
 import cnndsl
 from cnndsl import CnnDslError
+from helpers import VGG16_YAML
 
 
 def layers(text, **kw):
@@ -89,7 +91,7 @@ def test_options_defaults_and_positional_argument():
 
 
 def test_bias_before_batch_norm():
-    # LANGUAGE 2.1: a CONV or FC going straight into BN has no bias; bias=true keeps it.
+    # docs/language.md 2.1: a CONV or FC going straight into BN has no bias; bias=true keeps it.
     net = layers("INPUT(3, 8, 8) -> CONV3-4 -> BN -> CONV3-4(bias=true) -> BN -> CONV3-4 -> FC-5 -> BN")
     assert net["conv1"]["params"] == 3 * 9 * 4
     assert net["conv2"]["params"] == 4 * 9 * 4 + 4
@@ -264,27 +266,11 @@ def test_cnn_line_break_ends_a_definition(tmp_path):
     assert caught.value.line == 2 and "line break ends the chain" in caught.value.message
 
 
-YAML_SPEC = """\
-name: vgg16
-description: VGG configuration D (Simonyan & Zisserman, 2014)
-input: [3, 224, 224]        # C, H, W
-fit: floor                  # or strict
-blocks:
-  stage(c, n): (CONV3-c -> RELU)*n -> POOL
-net: |
-  stage(64, 2) -> stage(128, 2) -> stage(256, 3) -> stage(512, 3) -> stage(512, 3)
-  -> FC-4096 -> RELU -> DROPOUT -> FC-4096 -> RELU -> DROPOUT -> FC-1000
-train:                      # defaults for `cnndsl train`; flags override
-  epochs: 74
-  batch_size: 256
-  optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4}
-"""
+YAML_SPEC = VGG16_YAML
 
 
-def test_yaml_spec_from_the_reference(tmp_path):
-    path = tmp_path / "vgg16.yaml"
-    path.write_text(YAML_SPEC)
-    spec = cnndsl.load(path)
+def test_yaml_spec_from_the_reference(vgg16_yaml):
+    spec = cnndsl.load(vgg16_yaml)
     assert (spec.name, spec.fit, spec.input.shape) == ("vgg16", "floor", (3, 224, 224))
     assert spec.train["optimizer"]["lr"] == 0.01
     assert spec.train_spans["optimizer.lr"].line == 13
@@ -308,3 +294,34 @@ def test_input_from_the_spec_or_the_command_line():
     assert spec.analyze(input=(3, 16, 16)).output_shape == (8, 8, 8)
     overridden = cnndsl.parse("INPUT(3, 32, 32) -> CONV3-8").analyze(input=(3, 8, 8))
     assert overridden.output_shape == (8, 8, 8)
+
+
+def test_a_bare_input_takes_the_given_input_or_the_notes_imagenet_image(tmp_path):
+    # The reference's INPUT row: bare INPUT takes `input:` or --input; with neither, the
+    # notes' ImageNet image (3×224×224), with a note. The mission line runs as written.
+    mission = cnndsl.parse("INPUT -> [(CONV3-64 -> RELU)*2 -> POOL]*5 -> FC-4096").analyze()
+    assert mission.ok and mission.input_shape == (3, 224, 224)
+    assert [d.severity for d in mission.diagnostics] == ["note"]
+    assert "3×224×224" in mission.diagnostics[0].message
+    given = cnndsl.parse("INPUT -> CONV3-8 -> POOL").analyze(input=(1, 16, 16))
+    assert given.output_shape == (8, 8, 8) and not given.diagnostics
+    path = tmp_path / "bare.yaml"
+    path.write_text("input: [3, 32, 32]\nnet: INPUT -> CONV3-8 -> POOL\n")
+    from_spec = cnndsl.load(path).analyze()
+    assert from_spec.output_shape == (8, 16, 16) and not from_spec.diagnostics
+
+
+@pytest.mark.parametrize("name", ["conv3", "Pool2", "CONV1x7", "fc10"])
+def test_a_block_may_not_hide_a_layer(name):
+    # `conv3 = ...` would otherwise silently replace every CONV3-… in the net.
+    with pytest.raises(CnnDslError, match="would hide the layer"):
+        cnndsl.parse(f"{name} = RELU\nINPUT(3, 8, 8) -> {name}").analyze()
+
+
+def test_a_block_named_like_a_word_with_digits_is_fine():
+    assert cnndsl.parse("stage1 = CONV3-8 -> RELU\nINPUT(3, 8, 8) -> stage1").analyze().ok
+
+
+def test_expressions_are_bounded():
+    with pytest.raises(CnnDslError, match="is larger than"):
+        cnndsl.parse("b(n) = CONV3-{n*n*n*n*n}\nINPUT(3, 8, 8) -> b(99999)").analyze()

@@ -1,5 +1,5 @@
-"""`cnndsl analyze` works on a machine without torch, and never imports it (DESIGN.md:
-"Analysis never imports torch").
+"""`cnndsl analyze` works on a machine without torch, and never imports it (the README's
+Quick start: "Analysis alone needs no torch at all").
 
 Each test runs the command in a fresh interpreter, so that nothing this test session
 imported (torch, by other tests) can hide an import.

@@ -1,4 +1,4 @@
-"""The lecture notes' worked examples (shared/seeds/000_2b2e2e66d18b069a.txt), each
+"""The lecture notes' worked examples, each
 checked against the number the notes print. Line numbers cite the notes."""
 import pytest
 

@@ -1,14 +1,12 @@
 """The grammar and the zoo are found when cnndsl is installed from a wheel, not only
-from a checkout (DESIGN.md)."""
+from a checkout (the README's Layout: `cnndsl/resources.py`)."""
 import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

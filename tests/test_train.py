@@ -19,16 +19,8 @@ from cnndsl.lang.spec import load, parse
 from cnndsl.training.loop import epoch_batches
 from cnndsl.training.optim import lr_at
 from cnndsl.training.settings import Config, make_config
+from helpers import ROOT, run_main, tiny_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = """\
-name: tiny
-input: [1, 8, 8]
-net: |
-  conv1: CONV3-16 -> RELU -> POOL -> hidden: FC-32 -> RELU -> FC-10
-train:
-{train}"""
-FAST = "  epochs: 3\n  batch_size: 32\n  optimizer: {name: adam, lr: 3.0e-3}\n"
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"}
 SUMMARY_KEYS = {"test_acc", "test_top5", "epochs", "seconds", "images_per_s", "params", "macs",
                 "best_val_acc", "device"}
@@ -36,16 +28,8 @@ SUMMARY_KEYS = {"test_acc", "test_top5", "epochs", "seconds", "images_per_s", "p
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
 
 
-def tiny_spec(tmp_path, train: str = FAST, name: str = "tiny.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(TINY.format(train=train))
-    return path
-
-
 def train(capsys, *argv):
-    status = main(["train", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(capsys, "train", *argv)
 
 
 def metrics(folder: Path) -> list[dict]:

@@ -1,18 +1,15 @@
 """The model zoo (`specs/`): every spec parses, analyses cleanly, compiles to a torch
 module with the analyser's parameter count and output shape, and matches the published
 figures of its source. Each golden number names where it comes from."""
-import io
 import json
 import re
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 
 import cnndsl
-from cnndsl.cli import main
+from helpers import SPECS_DIR, run_main
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 SPECS = sorted(p for p in SPECS_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".cnn"))
 TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "schedule", "augment", "label_smoothing",
               "init", "data", "val_fraction", "seed"}
@@ -250,15 +247,13 @@ def test_resnet152_cheaper_than_vgg():
 
 # --- the command line -----------------------------------------------------------------------
 
-def run_cli(*argv) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        status = main(list(argv))
-    return status, out.getvalue()
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    status, out, _ = run_main(capsys, *argv)
+    return status, out
 
 
-def test_cnndsl_zoo_lists_every_spec():
-    status, out = run_cli("zoo", "--json")
+def test_cnndsl_zoo_lists_every_spec(capsys):
+    status, out = run_cli(capsys, "zoo", "--json")
     assert status == 0
     listed = {row["name"]: row for row in map(json.loads, out.splitlines())}
     assert set(listed) == set(ids(SPECS))
@@ -268,8 +263,8 @@ def test_cnndsl_zoo_lists_every_spec():
     assert listed["resnet50"]["input"] == "3×224×224"
 
 
-def test_analyze_resolves_a_zoo_name():
-    status, out = run_cli("analyze", "vgg16", "--json")
+def test_analyze_resolves_a_zoo_name(capsys):
+    status, out = run_cli(capsys, "analyze", "vgg16", "--json")
     assert status == 0
     result = json.loads(out)
     assert result["name"] == "vgg16"

@@ -1,7 +1,8 @@
 """Passes over the layer graph. Each annotates the graph's nodes in place, in
 topological order (the graph's node order), as torch.fx passes write `node.meta`:
 
-* `resolve_bias`      — `opts["bias"]`: off for a CONV or FC that feeds only a BN (LANGUAGE 2.1)
+* `resolve_bias`      — `opts["bias"]`: off for a CONV or FC that feeds only a BN, or another
+                        layer whose entry `absorbs_bias` (docs/language.md, 2.1)
 * `infer_shapes`      — `shape`, with the fit, volume, groups and branch checks
 * `count_costs`       — `params`, `buffers`, `macs`, `flops`, `unshared_params`, `activations`
 * `receptive_fields`  — `rf` and `jump` per axis (h, w); through branches, the largest
@@ -15,16 +16,17 @@ import networkx as nx
 
 from ..errors import CnnDslError, Diagnostic
 from ..graph import call_note, inputs, shape_text
-from ..layers import KINDS, ShapeMismatch, describe, numel
+from ..layers import ShapeMismatch, branches_disagree, describe, join_words, numel
 
 
 def resolve_bias(g: nx.DiGraph) -> None:
-    """A CONV or FC whose output goes straight (and only) into BN has no bias."""
+    """A CONV or FC whose output goes straight (and only) into BN has no bias: BN, as
+    every entry with `absorbs_bias`, subtracts its input's mean, and with it any bias."""
     for name in g:
         opts = g.nodes[name]["opts"]
         if "bias" in opts and opts["bias"] is None:
             consumers = list(g.successors(name))
-            opts["bias"] = not (len(consumers) == 1 and g.nodes[consumers[0]]["kind"] is KINDS["BN"])
+            opts["bias"] = not (len(consumers) == 1 and g.nodes[consumers[0]]["kind"].absorbs_bias)
 
 
 def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
@@ -56,8 +58,11 @@ def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) 
     if kind.merge:
         try:
             return kind.shape(opts, xs)
-        except ShapeMismatch:
-            raise CnnDslError(_merge_message(opts["op"], xs), node["span"]) from None
+        except ShapeMismatch as e:
+            # Worded by the join as written: RES's message is not ADD's.
+            join = join_words().get(opts["op"])
+            mismatch = join.mismatch if join is not None else (kind.mismatch or branches_disagree)
+            raise CnnDslError(mismatch(opts["op"], xs, e), node["span"]) from None
     x = xs[0] if xs else None
     written = _Written(kind, opts, node["written"])
     if kind.needs_volume and len(x) != 3:
@@ -68,7 +73,7 @@ def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) 
         raise CnnDslError(f"{written}: {problem}", node["span"])
     if kind.window is None:
         return tuple(kind.shape(opts, x))
-    hw = _fit(kind.window(opts), x[1:], written, node["span"], strict, diagnostics)
+    hw = _fit_window(kind.window(opts), x[1:], written, node["span"], strict, diagnostics)
     return (kind.out_channels(opts, x[0]),) + hw
 
 
@@ -83,7 +88,7 @@ class _Written:
         return format(describe(*self.args), spec)
 
 
-def _fit(window, hw: tuple, written: str, span, strict: bool, diagnostics: list) -> tuple:
+def _fit_window(window, hw: tuple, written: str, span, strict: bool, diagnostics: list) -> tuple:
     """The notes' (N - F + 2P)/S + 1 on each axis, and its diagnostics."""
     outputs, misfit = [], None
     for n, k, s, p, d in zip(hw, window.kernel, window.stride, window.pad, window.dilation):
@@ -135,35 +140,6 @@ def _misfit(misfit, hw, written, span, strict) -> Diagnostic:
     else:
         message += f"it is floored to {out}, and the last {lost} rows/columns of the input are never read"
     return Diagnostic("error" if strict else "warning", message, span)
-
-
-def _merge_message(op: str, xs: list[tuple]) -> str:
-    first = xs[0]
-    i, other = next((i, x) for i, x in enumerate(xs[1:], 2) if _disagree(op, first, x))
-    if op == "RES":
-        return (f"RES's chain changes the shape {shape_text(other)} → {shape_text(first)}, so its input "
-                f"cannot be added back; use a projection shortcut: "
-                f"ADD(..., {_projection(first, other)})")
-    what = "heights and widths" if op == "CONCAT" else "shapes"
-    message = (f"{op} branches disagree in their {what}: branch 1 gives {shape_text(first)}, "
-               f"branch {i} gives {shape_text(other)}")
-    if op == "ADD" and len(first) == len(other):
-        # The projection goes on the branch that still has the larger height and width.
-        j, source, target = (1, first, other) if len(first) == 3 and first[1] > other[1] else (i, other, first)
-        message += f"; add a projection shortcut to branch {j}: {_projection(target, source)}"
-    return message
-
-
-def _disagree(op, a, b) -> bool:
-    return (len(a) != len(b) or a[1:] != b[1:]) if op == "CONCAT" else a != b
-
-
-def _projection(target: tuple, source: tuple) -> str:
-    """The 1×1 conv that maps `source` onto `target`: CONV1-{K}/{S} -> BN."""
-    if len(target) == 1:
-        return f"FC-{target[0]} -> BN"
-    stride = source[1] // target[1] if len(target) == len(source) == 3 and target[1] else 1
-    return f"CONV1-{target[0]}" + (f"/{stride}" if stride > 1 else "") + " -> BN"
 
 
 def count_costs(g: nx.DiGraph) -> None:

@@ -121,7 +121,8 @@ def analyze_graph(name: str, graph: nx.DiGraph, strict: bool = False, batch: int
                   optimizer: str = "sgd") -> Analysis:
     """Runs the passes, in order, over an expanded graph."""
     passes.resolve_bias(graph)
-    diagnostics = passes.infer_shapes(graph, strict)
+    # Notes from expansion (a bare INPUT's default shape) come first.
+    diagnostics = list(graph.graph.get("notes", ())) + passes.infer_shapes(graph, strict)
     passes.count_costs(graph)
     passes.receptive_fields(graph)
     return Analysis(name, graph, diagnostics, batch, optimizer)

@@ -1,7 +1,8 @@
 """Annotated graph → `torch.fx.GraphModule`.
 
 The fx graph is built directly, one `call_module` per layer under its hierarchical
-name (`stage2.bottle3.conv2`), `torch.cat` / `+` for branches, so the generated
+name (`stage2.bottle3.conv2`), and for a join what its table entry `emit`s
+(`torch.cat` for CONCAT, `+` for ADD and RES), so the generated
 `forward` (see `.code`) is plain Python: as fast as a hand-written module, and ready
 for `torch.compile`, `torch.jit.trace`, export and DDP.
 """
@@ -12,10 +13,9 @@ import re
 import torch
 from torch import fx, nn
 
-from . import modules
 from ..graph import inputs
+from . import INIT_SCHEMES, modules
 
-INIT_SCHEMES = ("default", "xavier", "kaiming")
 
 
 def compile_spec(spec, input=None, init: str = "default", strict: bool = False) -> fx.GraphModule:

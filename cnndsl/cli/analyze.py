@@ -6,27 +6,37 @@ import contextlib
 import gc
 import json
 
+from ..errors import clip, too_many_digits
 from ..lang.expand import DEFAULT_MAX_LAYERS
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
 
 
+def _whole(text: str) -> int:
+    """int(text), refusing a number too long for the analysis (see errors.too_many_digits)."""
+    problem = too_many_digits(sum(ch.isdigit() for ch in text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return int(text)
+
+
 def _input_shape(text: str) -> tuple[int, int, int]:
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+        shape = tuple(_whole(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive whole numbers), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive whole numbers), "
+                                         f"got {clip(repr(text))}")
     return shape
 
 
 def _positive(text: str) -> int:
     try:
-        value = int(text)
+        value = _whole(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {clip(repr(text))}")
     return value
 
 
@@ -69,7 +79,10 @@ def _few_collections():
 def _analyze(args) -> int:
     from ..lang.spec import resolve
 
-    spec = resolve(args.spec)
+    from ..training.settings import check_spec
+
+    spec = resolve(args.spec, max_layers=args.max_layers)  # a too long chain: refused unparsed
+    check_spec(spec)   # a misspelt `train:` key is an error here too, not only in `train`
     analysis = spec.analyze(strict=args.strict, input=args.input, batch=args.batch,
                             optimizer=args.optimizer, max_layers=args.max_layers)
     if args.json:

@@ -81,7 +81,8 @@ class Repeat:
 
 @dataclass(frozen=True)
 class Branch:
-    op: str  # "CONCAT" | "ADD" | "RES"
+    """A join, `NAME(chain, chain, ...)`."""
+    op: str  # the join's name in the table, upper-case: "CONCAT", "ADD", "RES", ... (layers.join_words)
     chains: tuple[Chain, ...]
     span: Span
 

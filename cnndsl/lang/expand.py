@@ -3,7 +3,7 @@
 The graph is a `networkx.DiGraph` whose node keys are hierarchical layer names
 (`stage2.bottle3.conv2`). Each node carries `kind` (a `layers.Kind`), `opts` (its
 resolved options), `written` (the options the user wrote) and `span`. An edge's
-`port` orders the inputs of a CONCAT or ADD. Nodes are added producers first, so
+`port` orders the inputs of a join (CONCAT, ADD). Nodes are added producers first, so
 the graph's node order is a topological order, which every pass relies on.
 
 >>> from cnndsl.lang.parser import parse_program
@@ -20,13 +20,20 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from . import ast
-from ..errors import CnnDslError, Span, did_you_mean
+from ..errors import CnnDslError, Diagnostic, Span, did_you_mean
 from ..graph import call_note, shape_text
-from ..layers import KINDS, MERGE_KINDS, Kind, Opts
+from ..layers import KINDS, Kind, Opts, join_words
 
 DEFAULT_MAX_LAYERS = 100_000
+MAX_VALUE = 10**15    # an expression's value: far beyond any real layer, far below overflow
+IMAGENET_INPUT = (3, 224, 224)   # the notes' ImageNet image, for a bare INPUT
 _HEAD = re.compile(r"([A-Z]+?)(\d+)(?:X(\d+))?")
-_LAYER_NAMES = sorted(set(KINDS) - MERGE_KINDS)
+
+
+def _layer(name: str) -> Kind | None:
+    """The table's layer of that (upper-case) name; joins are written only as NAME(chain, ...)."""
+    kind = KINDS.get(name)
+    return kind if kind is not None and not kind.merge else None
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ def expand(program: ast.Program, given_input: InputShape | None = None,
 
 # --- values ----------------------------------------------------------------------
 
-def evaluate(value: ast.Value, env: dict):
+def evaluate_value(value: ast.Value, env: dict):
     """A value in the environment of block arguments: a number, or true / false."""
     if isinstance(value, ast.Num):
         return value.value
@@ -74,12 +81,15 @@ def evaluate(value: ast.Value, env: dict):
     left, right = _whole(value.left, env), _whole(value.right, env)
     if value.op == "//" and right == 0:
         raise CnnDslError("division by zero", value.span)
-    return {"+": left + right, "-": left - right, "*": left * right,
-            "//": left // right if right else 0}[value.op]
+    result = {"+": left + right, "-": left - right, "*": left * right,
+              "//": left // right if right else 0}[value.op]
+    if abs(result) > MAX_VALUE:  # `{9999*9999*…}` must not grow past what a layer can use
+        raise CnnDslError(f"{value.span.text()[:80]} is larger than {MAX_VALUE:,}", value.span)
+    return result
 
 
 def _whole(value: ast.Value, env: dict) -> int:
-    result = evaluate(value, env)
+    result = evaluate_value(value, env)
     if isinstance(result, bool) or not isinstance(result, int):
         raise CnnDslError(f"expected a whole number, got {result!r}", value.span)
     return result
@@ -105,7 +115,7 @@ def _bind(block: ast.BlockDef, call: ast.Unit, env: dict) -> dict:
             raise CnnDslError(_arity_message(block, args), arg.span if arg.name else call.span)
         if name in bound:
             raise CnnDslError(f"argument '{name}' is given twice", arg.span)
-        bound[name] = evaluate(arg.value, env)
+        bound[name] = evaluate_value(arg.value, env)
     if len(bound) != len(block.params):
         raise CnnDslError(_arity_message(block, args), call.span)
     return bound
@@ -126,13 +136,14 @@ def resolve_kind(unit: ast.Unit, blocks=()) -> tuple[Kind, int | tuple[int, int]
     (3, 5)
     """
     upper = unit.name.upper()
-    if upper in KINDS and upper not in MERGE_KINDS:
-        return KINDS[upper], None
+    if (kind := _layer(upper)) is not None:
+        return kind, None
     match = _HEAD.fullmatch(upper)
-    if match and match.group(1) in KINDS and match.group(1) not in MERGE_KINDS:
+    if match and (kind := _layer(match.group(1))) is not None:
         h, w = match.group(2), match.group(3)
-        return KINDS[match.group(1)], int(h) if w is None else (int(h), int(w))
-    guess = did_you_mean(match.group(1) if match else upper, _LAYER_NAMES)
+        return kind, int(h) if w is None else (int(h), int(w))
+    layer_names = sorted(name for name in KINDS if _layer(name) is not None)
+    guess = did_you_mean(match.group(1) if match else upper, layer_names)
     if not guess and not (unit.size or unit.dash or unit.slash or unit.dims):  # a block call?
         guess = did_you_mean(unit.name, blocks).replace("mean", "mean the block") or \
             f", and no block '{unit.name}' is defined"
@@ -153,13 +164,13 @@ def layer_options(kind: Kind, unit: ast.Unit, size, env: dict) -> tuple[Opts, fr
     for slot, value in zip(kind.head, (unit.size, unit.dash, unit.slash)):
         if value is not None:
             _head_slot(kind, slot, value.span)
-            put(slot, evaluate(value, env), value.span)
+            put(slot, evaluate_value(value, env), value.span)
     if size is not None:
         put(_head_slot(kind, kind.head[0], unit.span), size, unit.span)
     if unit.dims is not None:
         _put_dims(kind, unit, put)
     for arg in unit.args or ():
-        put(_argument_name(kind, arg, written), evaluate(arg.value, env), arg.span)
+        put(_argument_name(kind, arg, written), evaluate_value(arg.value, env), arg.span)
     missing = [name for name, value in opts.items() if value == "required"]
     if missing:
         raise CnnDslError(f"{kind.name} needs its {' and '.join(missing)}: {kind.doc}", unit.span)
@@ -233,6 +244,7 @@ class _Builder:
     def __init__(self, blocks: dict[str, ast.BlockDef]):
         self.blocks = blocks
         self.graph = nx.DiGraph()
+        self.joins = join_words()
 
     def add(self, node: ast.Node, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
         """Adds `node` reading from `tail`; returns the name of its output node."""
@@ -257,6 +269,14 @@ class _Builder:
         return "input"
 
     def _input_shape(self, first, given, net_span):
+        if first is not None and _bare(first):
+            if given is not None:
+                return given.shape, first.span
+            # The reference: a bare INPUT with no input given is the notes' ImageNet image.
+            self.graph.graph["notes"] = [Diagnostic(
+                "note", "a bare INPUT with no `input:` or --input is the lecture notes' "
+                f"ImageNet image, {shape_text(IMAGENET_INPUT)}", first.span)]
+            return IMAGENET_INPUT, first.span
         if first is not None:
             opts, _ = layer_options(KINDS["INPUT"], first, None, {})
             written = (opts.channels, opts.height, opts.width)
@@ -290,14 +310,20 @@ class _Builder:
             raise e.with_note(call_note(unit), unit.span) from None
 
     def _branch(self, branch: ast.Branch, tail: str, env: dict, scope: _Scope, calls) -> str:
+        join = self.joins.get(branch.op)
+        if join is None:  # a syntax tree made while a join was registered, expanded after
+            raise CnnDslError(f"'{branch.op}' is not a join", branch.span)
         name = scope.name(branch.op.lower())
-        if branch.op == "RES":
-            outputs = [self.add(branch.chains[0], tail, env, _Scope(name + "."), calls), tail]
-        else:
-            outputs = [self.add(chain, tail, env, _Scope(f"{name}.b{i}."), calls)
-                       for i, chain in enumerate(branch.chains, 1)]
-        kind = KINDS["CONCAT" if branch.op == "CONCAT" else "ADD"]
-        self._node(name, kind, Opts(op=branch.op), frozenset(), branch.span, outputs, calls)
+        if join.one_chain:  # RES(a): its layers are `res1.conv1`
+            scopes = [_Scope(name + ".")]
+        else:               # CONCAT(a, b): `concat1.b1.conv1`, `concat1.b2.conv1`
+            scopes = [_Scope(f"{name}.b{i}.") for i in range(1, len(branch.chains) + 1)]
+        outputs = [self.add(chain, tail, env, chain_scope, calls)
+                   for chain, chain_scope in zip(branch.chains, scopes)]
+        if join.identity_branch:  # RES(a) is ADD(a, ID)
+            outputs.append(tail)
+        # `op` is the join as written (RES), for reports and its mismatch message.
+        self._node(name, join.kind, Opts(op=branch.op), frozenset(), branch.span, outputs, calls)
         return name
 
     def _node(self, name, kind, opts, written, span, inputs, calls=()) -> None:
@@ -311,6 +337,11 @@ class _Builder:
             self.graph.add_edge(source, name, port=port)
 
 
+def _bare(unit: ast.Unit) -> bool:
+    """`INPUT` written without a shape: it takes the one given elsewhere."""
+    return not (unit.size or unit.dash or unit.slash or unit.dims or unit.args)
+
+
 def _split_input(net: ast.Chain):
     """The net's leading INPUT layer, if it has one, and the rest of the chain."""
     first = net.items[0]
@@ -320,9 +351,16 @@ def _split_input(net: ast.Chain):
 
 
 def _check_block_names(program: ast.Program) -> None:
+    """A block may not be named like a layer: `conv3` would silently shadow `CONV3`."""
     for block in program.blocks.values():
-        if block.name.upper() in KINDS:
+        upper = block.name.upper()
+        match = _HEAD.fullmatch(upper)
+        if upper in KINDS:
             raise CnnDslError(f"block '{block.name}' has the name of a layer", block.span)
+        if match and _layer(match.group(1)) is not None:
+            raise CnnDslError(f"block '{block.name}' would hide the layer {upper} "
+                              f"({match.group(1)} with a {match.group(2)}-wide kernel); "
+                              f"give the block another name", block.span)
 
 
 # --- the layer limit, checked before anything is expanded --------------------------

@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import lark
 from lark import Transformer, v_args
 
 from . import ast
-from ..errors import CnnDslError, Fragment, Source
+from ..errors import MAX_DIGITS, CnnDslError, Fragment, Source, too_many_digits
+from ..layers import join_words
 from ..resources import grammar_text
 
 MAX_NESTING = 100  # brackets deeper than this are refused before Python's recursion limit is near
@@ -24,7 +26,7 @@ _CONTINUES_LINE = {"_ARROW", "_COMMA", "_EQUAL"}  # a line break after these con
 # How the parser's expectations read in a diagnostic.
 _TOKEN_WORDS = {
     "NAME": "a name", "INT": "a number", "FLOAT": "a number",
-    "DIMS": "dimensions like 227x227x3", "BRANCH": "CONCAT/ADD/RES",
+    "DIMS": "dimensions like 227x227x3",  # BRANCH: the table's joins, see _token_word
     "_ARROW": "'->'", "_LPAR": "'('", "_RPAR": "')'", "_LSQB": "'['", "_RSQB": "']'",
     "_LBRACE": "'{'", "_RBRACE": "'}'", "_COMMA": "','", "_EQUAL": "'='", "_COLON": "':'",
     "_MINUS": "'-'", "_SLASH": "'/'", "_STAR": "'*'", "_PLUS": "'+'", "_FLOORDIV": "'//'",
@@ -33,8 +35,14 @@ _TOKEN_WORDS = {
 
 
 class _Unbalanced(Exception):
-    def __init__(self, message, token):
+    def __init__(self, message, token, where=None):
         self.message, self.token = message, token
+        self.where = where or (token.start_pos, token.end_pos)  # the characters at fault
+
+
+# A run of digits longer than a number may be (in an INT, in DIMS `8x8x3`, in a layer head
+# `CONV3x3`): refused before `int()` meets it.
+_LONG_DIGITS = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
 
 
 class _LinePostlexer:
@@ -52,6 +60,7 @@ class _LinePostlexer:
                     pending = pending or token
                 continue
             self._track(token, opened)
+            self._check_digits(token)
             if pending is not None and token.type != "_ARROW":
                 yield pending
             pending = None
@@ -59,6 +68,14 @@ class _LinePostlexer:
             yield token
         if opened:
             raise _Unbalanced(f"'{_OPEN[opened[-1].type]}' is never closed", opened[-1])
+
+    @staticmethod
+    def _check_digits(token):
+        if token.type in ("INT", "DIMS", "NAME"):
+            run = _LONG_DIGITS.search(token)
+            if run is not None:
+                raise _Unbalanced(too_many_digits(len(run.group())), token,
+                                  (token.start_pos + run.start(), token.start_pos + run.end()))
 
     @staticmethod
     def _track(token, opened):
@@ -76,11 +93,21 @@ class _LinePostlexer:
             opened.pop()
 
 
-@functools.cache
 def _lark() -> lark.Lark:
-    return lark.Lark(grammar_text(), parser="lalr", lexer="basic", start=["start", "net", "blockhead"],
-                     propagate_positions=True, maybe_placeholders=True,
-                     postlex=_LinePostlexer(), cache=True)
+    """The parser for the joins the layer table has now (one is added by `layers.register`)."""
+    return _lark_for(tuple(join_words()))
+
+
+@functools.cache
+def _lark_for(joins: tuple[str, ...]) -> lark.Lark:
+    # The grammar's BRANCH token lists the joins: longest first, so that no name is cut short.
+    names = "|".join(re.escape(name.lower()) for name in sorted(joins, key=len, reverse=True))
+    text = grammar_text()
+    if "@JOINS@" not in text:
+        raise RuntimeError("grammar/cnndsl.lark has no @JOINS@ for the join names")
+    return lark.Lark(text.replace("@JOINS@", names), parser="lalr", lexer="basic",
+                     start=["start", "net", "blockhead"], propagate_positions=True,
+                     maybe_placeholders=True, postlex=_LinePostlexer(), cache=True)
 
 
 def parse_program(text: str, path: str | None = None) -> ast.Program:
@@ -105,7 +132,7 @@ def _parse(fragment: Fragment, start: str):
         tree = _lark().parse(fragment.text, start=start)
         return _ToAst(fragment).transform(tree)
     except _Unbalanced as e:
-        raise CnnDslError(e.message, fragment.span(e.token.start_pos, e.token.end_pos)) from None
+        raise CnnDslError(e.message, fragment.span(*e.where)) from None
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, fragment) from None
     except lark.exceptions.VisitError as e:
@@ -138,8 +165,8 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> Cnn
     return CnnDslError(f"unexpected {_describe(token)}; expected {_expected(e)}", span)
 
 
-# A block named `res`, `add` or `concat` (reserved words) trips the parser just after the
-# word: the parser's stack ends like one of these when the next token does not fit.
+# A block named like a join (`res`, `add`, `concat`: reserved words) trips the parser just
+# after the word: the parser's stack ends like one of these when the next token does not fit.
 _RESERVED_MISUSE = ((("BRANCH",), None), (("BRANCH", "_LPAR"), {"INT", "FLOAT", "_RPAR"}),
                     (("BRANCH", "_LPAR", "chain", "_RPAR"), {"_EQUAL"}))
 
@@ -162,8 +189,14 @@ def _describe(token) -> str:
     return f"'{token}'" if token.type not in ("_NL", "$END") else _TOKEN_WORDS[token.type]
 
 
+def _token_word(name: str) -> str:
+    if name == "BRANCH":  # "CONCAT/ADD/RES"
+        return "/".join(join_words())
+    return _TOKEN_WORDS.get(name, name)
+
+
 def _expected(e) -> str:
-    words = sorted({_TOKEN_WORDS.get(name, name) for name in (e.expected or ())})
+    words = sorted({_token_word(name) for name in (e.expected or ())})
     return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
 
 
@@ -237,10 +270,11 @@ class _ToAst(Transformer):
 
     def branch(self, meta, children):
         op, *chains = children
-        op = str(op).upper()
-        if op == "RES" and len(chains) != 1:
-            raise CnnDslError("RES takes one chain: RES(a) means ADD(a, ID)", self._span(meta))
-        return ast.Branch(op, tuple(chains), self._span(meta))
+        join = join_words()[str(op).upper()]
+        problem = join.arity_problem(len(chains))  # RES takes one chain
+        if problem:
+            raise CnnDslError(problem, self._span(meta))
+        return ast.Branch(join.name, tuple(chains), self._span(meta))
 
     def labeled(self, meta, children):
         name, unit = children

@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..analysis.result import Analysis, analyze_graph
-from ..errors import CnnDslError, Source, Span, did_you_mean
+from ..errors import CnnDslError, Fragment, Source, Span, clip, did_you_mean
 from ..layers import KINDS
 from ..resources import zoo_specs
 from . import ast, yaml_spec
@@ -20,6 +22,10 @@ from .expand import DEFAULT_MAX_LAYERS, InputShape, expand
 from .parser import parse_block, parse_net, parse_program
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".cnn")
+
+# The longest spec read: a flat chain of the default --max-layers (100,000) layers fits in
+# it, and it parses in seconds; a larger text is refused before it is read or parsed.
+MAX_SPEC_BYTES = 1 << 20
 
 
 @dataclass
@@ -57,7 +63,8 @@ class Spec:
 
         Syntax and expansion errors raise `CnnDslError`; what does not fit is
         reported in the returned analysis' `diagnostics` (see `.ok`)."""
-        optimizer = optimizer or str(self.train.get("optimizer", {}).get("name", "sgd"))
+        from ..training.settings import optimizer_name   # torch-free; `optimizer: adam` too
+        optimizer = optimizer or optimizer_name(self.train)
         graph = self.graph(input, max_layers)
         return analyze_graph(self.name, graph, strict or self.fit == "strict", batch, optimizer)
 
@@ -66,52 +73,143 @@ class Spec:
         from ..backends.torch_fx import compile_spec
         return compile_spec(self, input=input, **options)
 
-def parse(text: str, name: str = "inline") -> Spec:
-    """Inline DSL text (block definitions, then the chain), as on the command line."""
+def parse(text: str, name: str = "inline", max_bytes: int = MAX_SPEC_BYTES,
+          max_layers: int | None = None) -> Spec:
+    """Inline DSL text (block definitions, then the chain), as on the command line.
+
+    A text of more than `max_bytes` is refused; so is, before it is parsed, a chain with
+    more `->` than `max_layers` (when given: the limit `analyze` will apply)."""
+    if len(text) > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise CnnDslError(f"the inline spec is {len(text.encode('utf-8', 'surrogatepass')):,} "
+                          f"bytes long, more than the limit of {max_bytes:,} bytes for a spec")
     source = Source(text)
+    _refuse_long_chain(Fragment(source, text), max_layers, blocks_possible=True)
     return Spec(name, parse_program(text), source)
 
-def load(path: str | Path) -> Spec:
-    """A `.yaml`/`.yml` spec or a `.cnn` file."""
+def load(path: str | Path, max_bytes: int = MAX_SPEC_BYTES, max_layers: int | None = None) -> Spec:
+    """A `.yaml`/`.yml` spec or a `.cnn` file (of at most `max_bytes`; `max_layers` as
+    for `parse`)."""
     path = Path(path)
     if path.suffix not in SPEC_SUFFIXES:
         raise CnnDslError(f"{path}: a spec file ends in .yaml, .yml or .cnn")
+    text = _read(path, max_bytes)
+    if path.suffix == ".cnn":
+        source = Source(text, str(path))
+        _refuse_long_chain(Fragment(source, text), max_layers, blocks_possible=True)
+        return Spec(path.stem, parse_program(text, str(path)), source)
+    return _load_yaml(text, str(path), default_name=path.stem, max_layers=max_layers)
+
+_COMMENT = re.compile(r"#[^\n]*")
+_NESTING = re.compile(r"[()\[\]{}=]")
+
+def _refuse_long_chain(fragment: Fragment, max_layers: int | None, blocks_possible: bool) -> None:
+    """A net whose chain has more `->` than `max_layers` is refused before it is parsed
+    (a megabyte of `RELU -> RELU -> ...` takes seconds to parse): every `->` starts a
+    stage of at least one layer, so the net expands to at least as many layers as it has
+    `->` (INPUT is not counted). Not when a block may be defined (a `=` outside brackets):
+    a block's `->` count only if it is called."""
+    text = fragment.text
+    if max_layers is None or text.count("->") <= max_layers:
+        return
+    text = _COMMENT.sub(lambda m: " " * len(m.group()), text)  # the same length: offsets hold
+    if blocks_possible and "=" in text:
+        depth = 0
+        for mark in _NESTING.finditer(text):
+            char = mark.group()
+            if char == "=" and depth <= 0:
+                return  # perhaps a block definition: the parser and the layer count decide
+            depth += 1 if char in "([{" else -1 if char != "=" else 0
+    arrows = re.finditer("->", text)
+    for _ in range(max_layers):
+        next(arrows, None)
+    beyond = next(arrows, None)
+    if beyond is not None:
+        raise CnnDslError(f"this is '->' number {max_layers + 1:,} of the chain, so it expands to "
+                          f"more layers than the limit of {max_layers:,} (raise it with --max-layers)",
+                          fragment.span(beyond.start(), beyond.end()))
+
+def _read(path: Path, max_bytes: int) -> str:
+    """The text of a spec file: a regular file (never a directory, a device or a FIFO,
+    which could block or never end) of at most `max_bytes`, without a UTF-8 BOM."""
     try:
-        text = path.read_text(encoding="utf-8")
+        _refuse_unless_regular(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())   # the file opened: it may have changed since
+            _refuse_unless_regular(path, info)
+            _refuse_large(path, info.st_size, max_bytes)
+            data = file.read(max_bytes + 1)  # a file may hold more than its size says (/proc)
+        _refuse_large(path, len(data), max_bytes)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise CnnDslError(f"no such spec file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CnnDslError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if path.suffix == ".cnn":
-        return Spec(path.stem, parse_program(text, str(path)), Source(text, str(path)))
-    return _load_yaml(text, str(path), default_name=path.stem)
+    # An editor's byte-order mark is not text: without it, columns count as the editor shows.
+    return text[1:] if text.startswith("\ufeff") else text
 
-def resolve(argument: str) -> Spec:
-    """What the command line names: a spec file, a zoo name (`vgg16`), or inline DSL."""
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "a socket"))
+
+def _refuse_unless_regular(path, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise CnnDslError(f"{path} is a directory, not a spec file")
+    what = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "something else")
+    raise CnnDslError(f"{path} is not a regular file but {what}, so not a spec file")
+
+def _refuse_large(path, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise CnnDslError(f"{path} is {'at least ' if size == max_bytes + 1 else ''}{size:,} bytes, "
+                          f"more than the limit of {max_bytes:,} bytes for a spec file")
+
+# Letters that are read for digits (and back) in a name typed by hand: resnet5O, vgg1l.
+_CONFUSABLE = str.maketrans("oil", "011")
+
+def _zoo_guess(argument: str, zoo) -> str:
+    """' — did you mean X?' for an argument that looks like a misspelt zoo name."""
+    same = [name for name in zoo if name.lower().translate(_CONFUSABLE)
+            == argument.lower().translate(_CONFUSABLE)]
+    return f" — did you mean '{same[0]}'?" if len(same) == 1 else did_you_mean(argument, zoo)
+
+def resolve(argument: str, max_bytes: int = MAX_SPEC_BYTES, max_layers: int | None = None) -> Spec:
+    """What the command line names: a spec file, a zoo name (`vgg16`), or inline DSL
+    (`max_bytes` and `max_layers` as for `parse`)."""
     try:
-        is_file = Path(argument).is_file()
-    except OSError:  # inline DSL text too long to be a file name
-        is_file = False
-    if is_file:
-        return load(argument)
+        info = os.stat(argument)
+    except (OSError, ValueError):  # no such file, or inline DSL text too long to be a file name
+        info = None
+    if info is not None and stat.S_ISREG(info.st_mode):
+        return load(argument, max_bytes, max_layers)
     zoo = zoo_specs()
     if argument in zoo:
         return load(zoo[argument])
+    if info is not None:  # a directory, a device, a FIFO: say so (never open it)
+        _refuse_unless_regular(argument, info)
     # `CONV3-8/2` (with --input) is DSL, not a path, though it has a slash.
     head = re.match(r"[A-Za-z]*", argument).group().upper()
     if argument.endswith(SPEC_SUFFIXES) or (
             re.fullmatch(r"[\w.-]*[/\\][\w./\\-]*", argument) and head not in KINDS):
-        raise CnnDslError(f"no such spec file: {argument}")
-    if re.fullmatch(r"[a-z][a-z0-9_]*", argument) and did_you_mean(argument, zoo):
-        raise CnnDslError(f"no spec named '{argument}' in the zoo{did_you_mean(argument, zoo)}")
-    return parse(argument)
+        raise CnnDslError(f"no such spec file: {clip(argument, 200)}")
+    # A bare name close to a zoo name is a misspelt one (`resnet5O`), unless it starts
+    # like a layer (`CONV3`: inline DSL).
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", argument) and (
+            argument.islower() or head not in KINDS):
+        guess = _zoo_guess(argument, zoo)
+        if guess:
+            raise CnnDslError(f"no spec named '{clip(argument)}' in the zoo{guess}")
+    return parse(argument, max_bytes=max_bytes, max_layers=max_layers)
 
-def _load_yaml(text: str, path: str, default_name: str) -> Spec:
+def _load_yaml(text: str, path: str, default_name: str, max_layers: int | None = None) -> Spec:
     source = Source(text, path)
     fields = yaml_spec.top_level(source)
     if "net" not in fields:
         raise CnnDslError("the spec has no `net:` (the network chain)", Span(source, 0, 1))
-    program = ast.Program(net=parse_net(yaml_spec.text_fragment(source, fields["net"], "net")))
+    net = yaml_spec.text_fragment(source, fields["net"], "net")
+    _refuse_long_chain(net, max_layers, blocks_possible=False)  # blocks are apart in YAML
+    program = ast.Program(net=parse_net(net))
     for key, value in yaml_spec.mapping(source, fields.get("blocks"), "blocks"):
         block = parse_block(yaml_spec.text_fragment(source, key, "a block name"),
                             yaml_spec.text_fragment(source, value, "a block"))
@@ -122,9 +220,9 @@ def _load_yaml(text: str, path: str, default_name: str) -> Spec:
     if not isinstance(train, dict):
         raise CnnDslError("`train:` must be a mapping of options", yaml_spec.node_span(source, fields["train"]))
     return Spec(
-        name=str(yaml_spec.construct(source, fields["name"])) if "name" in fields else default_name,
+        name=str(yaml_spec.scalar(source, fields["name"], "name")) if "name" in fields else default_name,
         program=program, source=source,
-        description=str(yaml_spec.construct(source, fields.get("description")) or ""),
+        description=str(yaml_spec.scalar(source, fields.get("description"), "description") or ""),
         input=yaml_spec.input_shape(source, fields.get("input")),
         fit=yaml_spec.fit_mode(source, fields.get("fit")),
         train=train, train_spans=yaml_spec.key_spans(source, fields.get("train")),

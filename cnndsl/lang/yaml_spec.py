@@ -11,19 +11,74 @@ import re
 
 import yaml
 
-from ..errors import CnnDslError, Diagnostic, Fragment, Source, Span, did_you_mean
+from ..errors import CnnDslError, Diagnostic, Fragment, Source, Span, clip, did_you_mean, too_many_digits
 from .expand import InputShape
 
 YAML_KEYS = ("name", "description", "input", "fit", "blocks", "net", "train")
 
+# The values a spec may hold once its aliases are expanded: `&a [*b, *b, ...]` nine levels
+# deep is 600 bytes of YAML and 10⁹ values. A real spec holds a few dozen.
+MAX_YAML_VALUES = 100_000
+
+_INT_TAG, _MERGE_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:merge"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader's composer, counting the values the document holds with every
+    alias expanded, and refusing at the alias that makes them more than `MAX_YAML_VALUES`
+    (an alias bomb), or that stands inside the value it names (a recursive structure).
+
+    An alias to a list or mapping becomes a copy of its node placed at the alias, so a
+    diagnostic about that value points at the alias, not at the anchor."""
+
+    def __init__(self, source: Source):
+        super().__init__(source.text)
+        self.source = source
+        self.values = 0              # values composed so far, aliases expanded
+        self.sizes: dict[int, int] = {}  # id(node) → its values, aliases expanded
+
+    def compose_node(self, parent, index):
+        if not self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            children = (node.value if isinstance(node, yaml.SequenceNode) else
+                        [item for pair in node.value for item in pair]
+                        if isinstance(node, yaml.MappingNode) else ())
+            self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
+            self.values += 1
+            return node
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        span = Span(self.source, event.start_mark.index,
+                    max(event.end_mark.index, event.start_mark.index + 1))
+        alias = clip(f"*{event.anchor}")
+        size = self.sizes.get(id(node))
+        if size is None:
+            raise CnnDslError(f"the alias '{alias}' stands inside the value it names: a spec "
+                              f"cannot hold a recursive YAML structure", span)
+        self.values += size
+        if self.values > MAX_YAML_VALUES:
+            raise CnnDslError(f"with the alias '{alias}' the spec holds more than "
+                              f"{MAX_YAML_VALUES:,} values once its aliases are expanded "
+                              f"(a YAML alias bomb?)", span)
+        if isinstance(node, yaml.ScalarNode):
+            return node  # a scalar's diagnostics point at its text, where it is anchored
+        copy = type(node)(node.tag, node.value, event.start_mark, event.end_mark,
+                          flow_style=node.flow_style)
+        self.sizes[id(copy)] = size
+        return copy
+
+
 def top_level(source: Source) -> dict:
+    loader = _BoundedLoader(source)
     try:
-        root = yaml.compose(source.text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
     except yaml.YAMLError as e:
         raise yaml_error(source, e) from None
     except RecursionError:
         raise CnnDslError("bad YAML: nested too deeply", Span(source, 0, 1)) from None
-    _refuse_tags(source, root)
+    finally:
+        loader.dispose()
+    _refuse_unsafe(source, root)
     if not isinstance(root, yaml.MappingNode):
         raise CnnDslError("a YAML spec is a mapping with `net:` (and name, input, blocks, ...)",
                           node_span(source, root) if root else Span(source, 0, 1))
@@ -31,8 +86,8 @@ def top_level(source: Source) -> dict:
     for key, value in root.value:
         name = key.value if isinstance(key, yaml.ScalarNode) else node_span(source, key).text()
         if name not in YAML_KEYS:
-            raise CnnDslError(f"unknown key '{name}' (a spec has {', '.join(YAML_KEYS)})"
-                              f"{did_you_mean(str(name), YAML_KEYS)}", node_span(source, key))
+            raise CnnDslError(f"unknown key '{clip(name)}' (a spec has {', '.join(YAML_KEYS)})"
+                              f"{did_you_mean(clip(name), YAML_KEYS)}", node_span(source, key))
         if name in fields:
             raise CnnDslError(f"key '{name}' is given twice", node_span(source, key))
         fields[name] = value
@@ -55,15 +110,23 @@ def yaml_error(source: Source, e: yaml.YAMLError) -> CnnDslError:
 
 _SAFE_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None}
 
-def _refuse_tags(source: Source, root) -> None:
+def _refuse_unsafe(source: Source, root) -> None:
     """A tag the safe loader cannot build is refused by name, before anything is built;
-    `!!python/...` would make Python objects (and run code) with an unsafe loader."""
+    `!!python/...` would make Python objects (and run code) with an unsafe loader. So are
+    merge keys (`<<`), and whole numbers too long for Python to read or print."""
     stack, seen = [root] if root is not None else [], set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if node.tag == _MERGE_TAG:
+            raise CnnDslError("YAML merge keys (<<) are not supported in a spec: write the keys "
+                              "out", node_span(source, node))
+        if node.tag == _INT_TAG and isinstance(node, yaml.ScalarNode):
+            problem = too_many_digits(sum(ch.isalnum() for ch in node.value))
+            if problem:
+                raise CnnDslError(problem, node_span(source, node))
         if node.tag not in _SAFE_TAGS:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             start = node.start_mark.index
@@ -88,6 +151,20 @@ def construct(source: Source, node):
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except yaml.YAMLError as e:
         raise yaml_error(source, e) from None
+    except RecursionError:
+        raise CnnDslError("bad YAML: nested too deeply", node_span(source, node)) from None
+
+
+_KIND_OF_NODE = {yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}
+
+
+def scalar(source: Source, node, what: str):
+    """The plain value of a key that holds one value (a text or a number), never a list
+    or mapping (which could be an alias bomb, or print as one)."""
+    if node is not None and not isinstance(node, yaml.ScalarNode):
+        raise CnnDslError(f"`{what}:` is one value, not {_KIND_OF_NODE[type(node)]}",
+                          node_span(source, node))
+    return construct(source, node)
 
 def mapping(source: Source, node, what: str):
     if node is None:
@@ -154,7 +231,9 @@ def _find_char(raw: str, ch: str, j: int) -> int | None:
 def input_shape(source: Source, node) -> InputShape | None:
     if node is None:
         return None
-    value = construct(source, node)
+    value = construct(source, node) if (
+        isinstance(node, yaml.SequenceNode) and len(node.value) == 3
+        and all(isinstance(item, yaml.ScalarNode) for item in node.value)) else None
     if not (isinstance(value, list) and len(value) == 3
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
         raise CnnDslError("`input:` must be [C, H, W], three positive whole numbers",
@@ -162,9 +241,9 @@ def input_shape(source: Source, node) -> InputShape | None:
     return InputShape(tuple(value), node_span(source, node))
 
 def fit_mode(source: Source, node) -> str:
-    value = construct(source, node) if node is not None else "floor"
+    value = scalar(source, node, "fit") if node is not None else "floor"
     if value not in ("floor", "strict"):
-        raise CnnDslError(f"`fit:` is floor or strict, not {value!r}", node_span(source, node))
+        raise CnnDslError(f"`fit:` is floor or strict, not {clip(repr(value))}", node_span(source, node))
     return value
 
 def key_spans(source: Source, node, prefix: str = "") -> dict[str, Span]:
@@ -172,6 +251,8 @@ def key_spans(source: Source, node, prefix: str = "") -> dict[str, Span]:
     spans = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # a list or mapping as a key: refused when `train:` is read
             name = prefix + str(key.value)
             spans[name] = node_span(source, key)
             spans.update(key_spans(source, value, name + "."))

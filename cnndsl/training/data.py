@@ -13,12 +13,23 @@ Source forms (the `--data` argument):
 
 A user's mistake (missing folder, truncated file, unknown form) is a one-line
 `CnnDslError`, never a traceback.
+
+Every file is treated as hostile (see `limits`): an IDX header's dims are checked
+before its data is read, and a .gz is inflated only as far as the header says, so a
+gzip bomb is refused; files are read only if they are regular files (symlinks
+followed), so a FIFO, socket or device named `x.png` in a class folder is *refused*
+with a one-line error naming it, never read (reading a FIFO would block forever);
+an image larger than Pillow's pixel limit is refused before it is decoded; 16-bit
+greys (PNG mode I;16) are scaled by their bit depth, not saturated to 8 bits.
 """
 from __future__ import annotations
 
 import gzip
 import math
+import os
+import stat
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CnnDslError, did_you_mean
+from . import limits
 
 SOURCE_FORMS = ("digits", "mnist:DIR", "cifar10:DIR", "folder:DIR", "synthetic[:N]")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -192,28 +204,86 @@ def _find_idx(d: Path, base: str) -> Path:
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file: 2 zero bytes, dtype code, ndim, big-endian uint32 dims, data."""
-    try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:  # unreadable, or a broken .gz
-        raise CnnDslError(f"cannot read IDX file '{path}': {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    """Parse an IDX file: 2 zero bytes, dtype code, ndim, big-endian uint32 dims, data.
+
+    Streamed: the header is read and its dims checked against `limits` before the data,
+    and then exactly as many bytes as the header says are read (a .gz is inflated only
+    that far), so a small gzip bomb cannot inflate to gigabytes.
+    """
+    with _open_regular(path) as raw:
+        try:
+            with (gzip.open(raw, "rb") if path.suffix == ".gz" else raw) as f:
+                return _read_idx_stream(f, path, ndim)
+        except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken .gz
+            raise CnnDslError(f"cannot read IDX file '{path}': {_one_line(e)}") from None
+
+
+def _read_idx_stream(f, path: Path, ndim: int) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
         raise CnnDslError(f"'{path}' is not an IDX file (bad magic number)")
-    if data[2] != 0x08:
-        raise CnnDslError(f"'{path}': IDX dtype code 0x{data[2]:02x} is not 0x08 (unsigned byte)")
-    if data[3] != ndim:
-        raise CnnDslError(f"'{path}': expected a {ndim}-dimensional IDX file, found {data[3]} dims")
+    if magic[2] != 0x08:
+        raise CnnDslError(f"'{path}': IDX dtype code 0x{magic[2]:02x} is not 0x08 (unsigned byte)")
+    if magic[3] != ndim:
+        raise CnnDslError(f"'{path}': expected a {ndim}-dimensional IDX file, found {magic[3]} dims")
     header = 4 + 4 * ndim
-    if len(data) < header:
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise CnnDslError(f"'{path}' is truncated (header incomplete)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "longer than its header says"
-        raise CnnDslError(f"'{path}' is {state}: {len(data)} bytes, header {dims} "
-                          f"needs {expected}")
-    # Copied so torch gets a writable array (frombuffer views the immutable bytes).
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    if dims[0] > limits.IDX_MAX_ITEMS or any(d > limits.IDX_MAX_DIM for d in dims[1:]):
+        raise CnnDslError(f"'{path}': header dims {dims} are beyond cnndsl's limits "
+                          f"({limits.IDX_MAX_ITEMS:,} items of at most {limits.IDX_MAX_DIM:,} "
+                          f"per dimension): damaged, or not an image data set")
+    size = math.prod(dims)
+    budget = limits.data_budget()
+    if size > budget:
+        raise CnnDslError(f"'{path}': header dims {dims} need {limits.human_bytes(size)}, more than "
+                          f"the {limits.human_bytes(budget)} a data file may hold "
+                          f"(set CNNDSL_MAX_DATA_BYTES to allow more)")
+    out = np.empty(size, dtype=np.uint8)   # writable: torch can take it as it is
+    view, got = memoryview(out), 0
+    while got < size:
+        n = f.readinto(view[got:got + _CHUNK])
+        if not n:
+            break
+        got += n
+    if got < size:
+        raise CnnDslError(f"'{path}' is truncated: {header + got} bytes, header {dims} "
+                          f"needs {header + size}")
+    if f.read(1):
+        raise CnnDslError(f"'{path}' is longer than its header says: header {dims} "
+                          f"needs {header + size} bytes")
+    return out.reshape(dims)
+
+
+_CHUNK = 16 * 2 ** 20
+
+
+def _one_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return limits.clip(lines[0] if lines else type(e).__name__, 160)
+
+
+def _need_regular(path: Path) -> None:
+    """Refuse anything but a regular file (after symlinks): a FIFO or a device would block
+    the read forever or never end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise CnnDslError(f"cannot read '{path}': {_one_line(e)}") from None
+    if not stat.S_ISREG(mode):
+        raise CnnDslError(f"'{path}' is not a regular file (a {_file_kind(mode)}): cnndsl reads "
+                          "data only from regular files")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 # --- CIFAR-10 binary version ----------------------------------------------------------
@@ -246,7 +316,13 @@ def _cifar_missing(d: Path, name: str) -> str:
 
 
 def _read_cifar(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    data = np.fromfile(path, dtype=np.uint8)
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.data_budget():
+            raise CnnDslError(f"'{path}' is {limits.human_bytes(size)}, more than the "
+                              f"{limits.human_bytes(limits.data_budget())} a data file may hold "
+                              f"(set CNNDSL_MAX_DATA_BYTES to allow more)")
+        data = np.fromfile(f, dtype=np.uint8)
     if data.size == 0 or data.size % _CIFAR_RECORD:
         raise CnnDslError(f"'{path}' is not a CIFAR-10 binary batch: {data.size} bytes is not "
                           f"a multiple of {_CIFAR_RECORD}")
@@ -261,7 +337,9 @@ def _read_cifar(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def _cifar_names(d: Path) -> list[str]:
     meta = d / "batches.meta.txt"
     if meta.is_file():
-        names = [ln.strip() for ln in meta.read_text(errors="replace").splitlines() if ln.strip()]
+        with _open_regular(meta) as f:   # ten short names: the first 64 KiB is plenty
+            text = f.read(64 * 1024).decode("utf-8", errors="replace")
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if len(names) >= 10:
             return names[:10]
     return list(CIFAR10_CLASSES)
@@ -321,14 +399,56 @@ def _read_image(path: Path, mode: str, hw) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CnnDslError(f"cannot read image '{path}': {e}") from None
-    x = torch.from_numpy(arr.copy()).float().div_(255.0)
+        with _open_regular(path) as f, Image.open(f) as im:
+            w, h = im.size
+            if w * h > _max_pixels():
+                raise CnnDslError(f"image '{path}' is {w}×{h} = {w * h:,} pixels, more than the "
+                                  f"{_max_pixels():,} cnndsl reads (a decompression bomb?)")
+            x = _image_array(im, mode)
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
+        raise CnnDslError(f"cannot read image '{path}': {_one_line(e)}") from None
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     # Images differ in size, so each is resized on its own before they are stacked.
     return _resize(x.unsqueeze(0), hw)[0]
+
+
+def _max_pixels() -> int:
+    from PIL import Image
+
+    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def _image_array(im, mode: str) -> torch.Tensor:
+    """The image as float32 H×W (mode L) or H×W×3 (RGB) in [0, 1], scaled by its bit depth.
+
+    8-bit modes (L, RGB, P, 1, LA, RGBA, CMYK …) go through Pillow's `convert`; 16- and
+    32-bit integer greys (I;16*, I) are divided by 65535 (Pillow's own I;16 → L would
+    saturate everything above 255 to white).
+    """
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        grey = np.asarray(im).astype(np.float32) / 65535.0
+        x = torch.from_numpy(np.clip(grey, 0.0, 1.0, out=grey))
+        return x if mode == "L" else x.unsqueeze(-1).expand(-1, -1, 3).contiguous()
+    arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).float().div_(255.0)
+
+
+def _open_regular(path: Path):
+    """`path` opened for reading, if it is a regular file (symlinks followed); else a
+    one-line error. Opened non-blocking and checked again on the open file, so a FIFO
+    (or a device) swapped in between cannot block the read."""
+    _need_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise CnnDslError(f"cannot read '{path}': {_one_line(e)}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CnnDslError(f"'{path}' is not a regular file (a {_file_kind(mode)}): cnndsl reads "
+                          "data only from regular files")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 # --- synthetic ------------------------------------------------------------------------

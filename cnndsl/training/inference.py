@@ -12,6 +12,7 @@ def load_for_inference(args, layer: str | None = None) -> dict:
 
     from . import checkpoint
     from .data import load_data
+    from .limits import check_memory
     from .runtime import start_runtime
     from .settings import make_config
 
@@ -22,6 +23,7 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     config = make_config(spec, {"data": args.data, "device": args.device}, base=state["config"])
     analysis = spec.analyze(strict=config.strict)
     analysis.raise_for_errors()
+    check_memory(analysis, optimizer_states=0)   # before torch allocates the weights
     model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
     rt = start_runtime(config)
     data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..analysis.result import OPTIMIZER_STATES
 from ..backends.torch_fx import build_module
 from ..errors import CnnDslError, did_you_mean
 from ..graph import shape_text
-from . import checkpoint
+from . import checkpoint, limits, rundir
 from .augment import build_augment
 from .data import channel_stats, load_data
 from .evaluate import evaluate
@@ -87,6 +88,9 @@ def _train(run: Run, resume: dict | None) -> dict:
     # --- data -------------------------------------------------------------------------
     run.analysis = analysis = run.spec.analyze(strict=c.strict)
     analysis.raise_for_errors()
+    # Refuse a net too large for this machine before torch tries to allocate it.
+    limits.check_memory(analysis, optimizer_states=OPTIMIZER_STATES[c.optimizer],
+                        device=rt.device)
     run.data = data = load_data(c.data, analysis.input_shape, val_fraction=c.val_fraction,
                                 seed=c.seed, limit=c.limit)
     _check_classes(analysis, data)
@@ -116,7 +120,7 @@ def _train(run: Run, resume: dict | None) -> dict:
     run.steps_per_epoch = len(epoch_batches(len(data.train_y), c.batch_size, rt.world))
     if resume is not None:
         _restore(run, resume)
-    truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt)
+    truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt, say=run.report.line)
     _announce(run, frozen)
 
     # --- the loop: train an epoch, validate, log, checkpoint --------------------------
@@ -124,6 +128,7 @@ def _train(run: Run, resume: dict | None) -> dict:
         started = time.perf_counter()
         stats = train_epoch(run, epoch)
         val = evaluate(run.raw_model, data.val_x, data.val_y, rt, run.mean, run.std, c.batch_size)
+        _check_finite(run, epoch, val, stats["lr"])
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": stats["lr"],
@@ -247,14 +252,36 @@ def _progress(run: Run, sums, step: int, started: float, epoch: int, lr: float, 
     loss, correct, n = sums.tolist()
     # Across processes the check waits for the epoch's all-reduce, so all stop together.
     if not math.isfinite(loss) and (not local or run.rt.world == 1):
-        where = f"epoch {epoch + 1}, step {step}"
-        last = run.out / "last.pt"
-        kept = (f"the last good checkpoint is {last} (epoch {run.epoch})" if run.epoch
-                else "no checkpoint was written")
-        raise Diverged(f"training diverged: the loss became {loss} at {where} (lr {lr:.3g}); "
-                       f"lower the learning rate; {kept}")
+        raise _diverged(run, f"the loss became {loss} at epoch {epoch + 1}, step {step}", lr)
     ips = n * run.rt.world / max(time.perf_counter() - started, 1e-9)
     run.report.update(step, loss / max(n, 1), correct / max(n, 1), ips)
+
+
+def _check_finite(run: Run, epoch: int, val: dict, lr: float) -> None:
+    """After an epoch's training: a non-finite validation loss (without a validation split,
+    the loss on the first batch of training images), or non-finite weights, stop the run as
+    a divergence before anything of this epoch is written. The training loss is computed
+    before each step's update, so it cannot show what the epoch's last step did. Every
+    process sees the same all-reduced loss and the same weights, so all stop together."""
+    what = "validation loss"
+    if val["loss"] is None:   # no validation split: the loss on one batch of training images
+        d, b = run.data, run.config.batch_size
+        val = evaluate(run.raw_model, d.train_x[:b], d.train_y[:b], run.rt, run.mean, run.std, b)
+        what = "loss on the training images"
+    if val["loss"] is not None and not math.isfinite(val["loss"]):
+        raise _diverged(run, f"the {what} became {val['loss']} after epoch {epoch + 1}", lr)
+    with torch.no_grad():
+        bad = next((name for name, p in run.raw_model.named_parameters()
+                    if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise _diverged(run, f"the weights of '{bad}' became infinite or nan in epoch {epoch + 1}", lr)
+
+
+def _diverged(run: Run, what: str, lr: float) -> Diverged:
+    last = run.out / "last.pt"
+    kept = (f"the last good checkpoint is {last} (epoch {run.epoch})" if run.epoch
+            else "no checkpoint was written")
+    return Diverged(f"training diverged: {what} (lr {lr:.3g}); lower the learning rate; {kept}")
 
 
 def _end_epoch(run: Run, metrics: dict) -> None:
@@ -267,13 +294,17 @@ def _end_epoch(run: Run, metrics: dict) -> None:
         return
     with checkpoint.sigint_deferred():
         with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(rundir.dumps(metrics) + "\n")   # NaN would be written as null
             f.flush()
             os.fsync(f.fileno())
         state = checkpoint_state(run)
-        checkpoint.save(run.out / "last.pt", state)
+        # Order: metrics line, best.pt, then last.pt. Killed between the two, best.pt is
+        # one epoch ahead of last.pt, never behind it: resuming redoes that epoch and
+        # writes the same best.pt again, while last.pt never names a best that best.pt
+        # does not hold.
         if better:
             checkpoint.save(run.out / "best.pt", state)
+        checkpoint.save(run.out / "last.pt", state)
 
 
 def _improved(best: dict | None, m: dict) -> dict | None:
@@ -310,6 +341,11 @@ def checkpoint_state(run: Run) -> dict:
 
 
 def _restore(run: Run, state: dict) -> None:
+    saved = state["config"].get("optimizer") if isinstance(state["config"], dict) else None
+    if saved is not None and saved != run.config.optimizer:
+        raise CnnDslError(f"cannot resume with optimizer {run.config.optimizer}: the checkpoint was "
+                          f"trained with --optimizer {saved}; resume with --optimizer {saved} to "
+                          f"continue it, or start afresh with --overwrite")
     run.raw_model.load_state_dict(state["model"])
     try:
         run.optimizer.load_state_dict(state["optimizer"])
@@ -321,22 +357,81 @@ def _restore(run: Run, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def truncate_metrics(path: Path, epoch: int, rt: Runtime) -> None:
-    """Keep only the lines of epochs 1..epoch: those after the checkpoint are redone."""
-    if not rt.is_main:
+METRICS_LIMIT = 64 * 2 ** 20   # read at most this much of metrics.jsonl when resuming
+LINE_LIMIT = 2 ** 20           # a longer line is no epoch record
+
+
+def truncate_metrics(path: Path, epoch: int, rt: Runtime, say=None) -> None:
+    """Keep only the records of epochs 1..epoch: those after the checkpoint are redone.
+
+    A line that is not such a record (a torn last line after kill -9, garbage, an epoch
+    out of order) is dropped. The file is read in bounded pieces, at most METRICS_LIMIT
+    bytes and LINE_LIMIT per line, and only until the record of `epoch`, never whole.
+    """
+    if not rt.is_main or not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    kept = [ln for ln in lines if _epoch_of(ln) is not None and _epoch_of(ln) <= epoch]
-    if kept != lines or (epoch == 0 and path.exists()):
-        text = "".join(ln + "\n" for ln in kept)
+    try:
+        kept, changed, note = _read_metrics(path, epoch)
+    except OSError as e:
+        raise CnnDslError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if note and say:
+        say(note)
+    if changed:
+        text = "".join(kept)
         checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _epoch_of(line: str) -> int | None:
+def _read_metrics(path: Path, epoch: int) -> tuple[list[str], bool, str | None]:
+    """(the lines to keep, whether the file must be rewritten, a note for the log)."""
+    kept, changed, last, budget = [], False, 0, METRICS_LIMIT
+    with open(path, "rb") as f:
+        while last < epoch:
+            if budget <= 0:
+                if f.read(1):
+                    return kept, True, (f"{path}: read only its first {METRICS_LIMIT / 2 ** 20:g} MiB; "
+                                        f"kept the records of {len(kept)} of {epoch} epochs")
+                break
+            line = f.readline(min(LINE_LIMIT + 1, budget))
+            if not line:
+                break
+            budget -= len(line)
+            if len(line) > LINE_LIMIT and not line.endswith(b"\n"):   # overlong: no record
+                budget -= _skip_line(f, budget)
+                changed = True
+                continue
+            record = _epoch_record(line, last, epoch)
+            if record is None:
+                changed = True
+                continue
+            text = rundir.dumps(record) + "\n"   # also turns an old file's NaN into null
+            changed |= text.encode() != line
+            kept.append(text)
+            last = record["epoch"]
+        changed |= bool(f.read(1))   # the lines of epochs after the checkpoint
+    return kept, changed, None
+
+
+def _skip_line(f, budget: int) -> int:
+    """Read past the rest of an overlong line in pieces, at most about `budget` bytes."""
+    read = 0
+    while read <= budget:
+        piece = f.readline(LINE_LIMIT)
+        read += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            break
+    return read
+
+
+def _epoch_record(line: bytes, after: int, epoch: int) -> dict | None:
+    """The line's record if it is one of an epoch in after+1..epoch, else None."""
     try:
-        return int(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):  # a torn last line after kill -9
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):   # torn, binary, not JSON, nested too deep
         return None
+    if not isinstance(record, dict):
+        return None
+    e = record.get("epoch")
+    return record if type(e) is int and after < e <= epoch else None
 
 
 def _finish(run: Run) -> dict:
@@ -357,11 +452,14 @@ def _finish(run: Run) -> dict:
     if d.num_classes > 5:
         summary["test_top5"] = test["top5"]
     if run.rt.is_main:
-        text = json.dumps(summary, indent=2) + "\n"
+        text = rundir.dumps(summary, indent=2) + "\n"   # NaN / inf as null
         checkpoint.atomic_write(run.out / "summary.json", lambda f: f.write(text.encode()))
-        top5 = f" (top-5 {test['top5']:.4f})" if "test_top5" in summary else ""
-        run.report.line(f"test acc {test['acc']:.4f}{top5} on {test['n']} images | "
-                        f"{e['seconds']:.1f} s | {run.out / 'summary.json'}")
+        if test["n"]:
+            top5 = f" (top-5 {test['top5']:.4f})" if "test_top5" in summary else ""
+            result = f"test acc {test['acc']:.4f}{top5} on {test['n']} images"
+        else:   # too few images for a test split (synthetic:4, a folder of one image)
+            result = "the test split is empty: no test accuracy (test_acc null)"
+        run.report.line(f"{result} | {e['seconds']:.1f} s | {run.out / 'summary.json'}")
     return summary
 
 

@@ -45,8 +45,7 @@ def start_runtime(config: Config) -> Runtime:
     if config.device == "cuda" and not cuda:
         raise CnnDslError("--device cuda: no CUDA GPU is available (use --device auto or cpu)")
     use_cuda = config.device == "cuda" or (config.device == "auto" and cuda)
-    world, rank, local = (int(os.environ.get(k, d)) for k, d in
-                          (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+    world, rank, local = process_env()
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -58,6 +57,33 @@ def start_runtime(config: Config) -> Runtime:
     # bf16 needs Ampere or newer; older GPUs train in fp32.
     bf16 = use_cuda and config.bf16 and torch.cuda.is_bf16_supported()
     return Runtime(device, rank, world, bf16=bf16, channels_last=use_cuda and config.channels_last)
+
+
+def process_env() -> tuple[int, int, int]:
+    """(WORLD_SIZE, RANK, LOCAL_RANK) as torchrun sets them, (1, 0, 0) without it; a value
+    that is not a fitting whole number is a one-line error naming the variable."""
+    world = _env_int("WORLD_SIZE", 1, 1)
+    rank = _env_int("RANK", 0, 0)
+    local = _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise CnnDslError(f"environment variable RANK={rank} is not below WORLD_SIZE={world} "
+                          f"(launch several processes with torchrun)")
+    return world, rank, local
+
+
+def _env_int(name: str, default: int, least: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise CnnDslError(f"environment variable {name}={shown!r} is not a whole number >= {least} "
+                          f"(torchrun sets it; unset it for a single process)")
+    return value
 
 
 def stop_runtime(rt: Runtime) -> None:

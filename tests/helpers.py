@@ -1,0 +1,61 @@
+"""Constants and small helpers shared by the test files.
+
+tests/conftest.py puts this folder on `sys.path` (pytest runs with
+`--import-mode=importlib`, which does not), so a test file says `from helpers import ...`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnndsl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS_DIR = ROOT / "specs"
+
+# The YAML spec of docs/language.md's "Files" section: VGG-16, configuration D.
+VGG16_YAML = """\
+name: vgg16
+description: VGG configuration D (Simonyan & Zisserman, 2014)
+input: [3, 224, 224]        # C, H, W
+fit: floor                  # or strict
+blocks:
+  stage(c, n): (CONV3-c -> RELU)*n -> POOL
+net: |
+  stage(64, 2) -> stage(128, 2) -> stage(256, 3) -> stage(512, 3) -> stage(512, 3)
+  -> FC-4096 -> RELU -> DROPOUT -> FC-4096 -> RELU -> DROPOUT -> FC-1000
+train:                      # defaults for `cnndsl train`; flags override
+  epochs: 74
+  batch_size: 256
+  optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4}
+"""
+
+# A net that trains on the digits in a few seconds; `{train}` is its `train:` section.
+TINY = """\
+name: tiny
+input: [1, 8, 8]
+net: |
+  conv1: CONV3-16 -> RELU -> POOL -> hidden: FC-32 -> RELU -> FC-10
+train:
+{train}"""
+FAST = "  epochs: 3\n  batch_size: 32\n  optimizer: {name: adam, lr: 3.0e-3}\n"
+
+
+def tiny_spec(folder: Path, train: str = FAST, name: str = "tiny.yaml") -> Path:
+    """TINY with the `train:` section `train`, written to `folder/name`."""
+    path = folder / name
+    path.write_text(TINY.format(train=train))
+    return path
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    """`cnndsl ARGV...` in this process: its exit status, stdout and stderr."""
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def trained_run(folder: Path, spec_text: str, *flags) -> Path:
+    """Trains `spec_text` (written to `folder/tiny.yaml`) into `folder/run`."""
+    (folder / "tiny.yaml").write_text(spec_text)
+    assert main(["train", str(folder / "tiny.yaml"), *map(str, flags), "--out", str(folder / "run")]) == 0
+    return folder / "run"
