@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training throughput: cnndsl's compiled ResNet-18 against a hand-written PyTorch one.
+"""Training throughput: cnndsl's compiled ResNet-18 (or -50) against a hand-written PyTorch one.
 
 Both networks have the same layers and shapes (torchvision's ResNet-18: basic blocks,
 projection shortcuts); both train on the same synthetic batch with the same settings
@@ -10,6 +10,12 @@ generated forward is plain Python, so it should run as fast as the hand-written 
     python benchmarks/bench_train.py                  # CUDA: batch 128 of 3×224×224
     python benchmarks/bench_train.py --compile        # both torch.compile'd
     python benchmarks/bench_train.py --quick          # CPU-sized: batch 8 of 3×32×32
+    python benchmarks/bench_train.py --model resnet50 --batch 256 --compile   # + MFU on a GPU
+
+With --model resnet50 the hand-written network is torchvision's ResNet-50 written out
+(bottleneck blocks, stride on the 3×3: "v1.5"); it is torchvision.models.resnet50 itself
+when torchvision can be imported. Model TFLOP/s (6 × MACs per image, from cnndsl's static
+analysis) and MFU (against the GPU's dense bf16 peak) come from cnndsl.training.throughput.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import cnndsl  # noqa: E402
+from cnndsl.training import throughput  # noqa: E402
 
 # Used when specs/resnet18.yaml is missing: the same network, inline.
 FALLBACK = """\
@@ -72,13 +79,64 @@ class ResNet18(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, stride: int = 1):
+        super().__init__()
+        cout = 4 * mid
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], 64
+        for i, (mid, n) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+            for j in range(n):
+                blocks.append(Bottleneck(cin, mid, 2 if i > 0 and j == 0 else 1))
+                cin = 4 * mid
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(2048, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def hand_written(model: str) -> tuple[nn.Module, str]:
+    if model == "resnet18":
+        return ResNet18(), "hand-written nn.Module"
+    try:
+        from torchvision.models import resnet50
+        return resnet50(), "torchvision.models.resnet50"
+    except Exception:   # not installed, or built for another torch
+        return ResNet50(), "hand-written nn.Module (torchvision's ResNet-50)"
+
+
 # --- measuring ---------------------------------------------------------------------------
 
-def cnndsl_resnet(size: int) -> tuple[nn.Module, str]:
-    path = ROOT / "specs" / "resnet18.yaml"
+def cnndsl_resnet(size: int, model: str = "resnet18") -> tuple[nn.Module, str, int]:
+    """cnndsl's network, where its spec came from, and its MACs per image at `size`."""
+    path = ROOT / "specs" / f"{model}.yaml"
+    if not path.exists() and model != "resnet18":
+        raise SystemExit(f"{path} is missing")
     spec = cnndsl.load(path) if path.exists() else cnndsl.parse(FALLBACK, name="resnet18")
     where = str(path.relative_to(ROOT)) if path.exists() else "inline fallback"
-    return spec.compile(input=(3, size, size), init="kaiming"), where
+    module = spec.compile(input=(3, size, size), init="kaiming")
+    try:
+        macs = int(spec.analyze(input=(3, size, size)).totals()["macs"])
+    except Exception:   # an older analyze() without input=: MACs at the spec's own size
+        macs = int(spec.analyze().totals()["macs"]) if size == 224 else 0
+    return module, where, macs
 
 
 def images_per_second(model: nn.Module, args, device: torch.device) -> float:
@@ -117,6 +175,7 @@ def prepare(model: nn.Module, args, device: torch.device) -> nn.Module:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--model", choices=["resnet18", "resnet50"], default="resnet18")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=224, help="image side")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
@@ -126,6 +185,8 @@ def main() -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--quick", action="store_true", help="CPU-sized: batch 8, 32×32, 3 steps, 2 repeats")
+    p.add_argument("--goal-images", type=float, default=0.0,
+                   help="print cnndsl's images/s against this goal (e.g. 3000)")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
     args = p.parse_args()
     if args.quick:
@@ -135,8 +196,8 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(0)
-    ours, where = cnndsl_resnet(args.size)
-    hand = ResNet18()
+    ours, where, macs = cnndsl_resnet(args.size, args.model)
+    hand, hand_name = hand_written(args.model)
     counts = [sum(p.numel() for p in m.parameters()) for m in (ours, hand)]
     if counts[0] != counts[1]:
         print(f"the two networks differ: {counts[0]:,} vs {counts[1]:,} parameters", file=sys.stderr)
@@ -153,15 +214,30 @@ def main() -> int:
                                 ("channels_last", cuda and not args.no_channels_last),
                                 ("torch.compile", args.compile)) if on]
     name = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"ResNet-18 ({where}), {counts[0]:,} params; training steps, batch {args.batch} of "
-          f"3×{args.size}×{args.size}; {name}{', ' + ', '.join(settings) if settings else ''}")
-    print(f"  cnndsl (torch.fx GraphModule)  {best['cnndsl']:10,.1f} images/s")
-    print(f"  hand-written nn.Module         {best['hand']:10,.1f} images/s")
-    print(f"  ratio cnndsl / hand-written    {ratio:10.3f}")
+    title = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[args.model]
+    print(f"{title} ({where}), {counts[0]:,} params, {macs / 1e9:.2f} GMACs; training steps, batch "
+          f"{args.batch} of 3×{args.size}×{args.size}; {name}{', ' + ', '.join(settings) if settings else ''}")
+    peak = throughput.peak_tflops(name if cuda else None)
+    speed = {}
+    for key, label in (("cnndsl", "cnndsl (torch.fx GraphModule)"), ("hand", hand_name)):
+        tflops = throughput.train_tflops(macs, int(best[key]), 1.0) if macs else None
+        share = throughput.mfu(tflops, peak)
+        speed[key] = (tflops, share)
+        extra = "" if tflops is None else f"   {tflops:7.3g} model TFLOP/s (6 × MACs)"
+        extra += "" if share is None else f", MFU {share:.1%} of {peak:g} bf16 TFLOP/s"
+        print(f"  {label:<48} {best[key]:10,.1f} images/s{extra}")
+    print(f"  ratio cnndsl / hand-written {' ' * 20} {ratio:10.3f}   goal ≥ 0.97: "
+          f"{'ok' if ratio >= 0.97 else 'BELOW GOAL'}")
+    if args.goal_images:
+        print(f"  cnndsl images/s {best['cnndsl']:,.0f}   goal ≥ {args.goal_images:,.0f}: "
+              f"{'ok' if best['cnndsl'] >= args.goal_images else 'BELOW GOAL'}")
     if args.json:
-        print(json.dumps({"device": name, "batch": args.batch, "size": args.size, "compile": args.compile,
-                          "settings": settings, "cnndsl_images_per_s": best["cnndsl"],
-                          "hand_images_per_s": best["hand"], "ratio": ratio}))
+        print(json.dumps({"device": name, "model": args.model, "batch": args.batch, "size": args.size,
+                          "compile": args.compile, "settings": settings, "macs_per_image": macs,
+                          "cnndsl_images_per_s": best["cnndsl"], "hand_images_per_s": best["hand"],
+                          "hand": hand_name, "ratio": ratio,
+                          "cnndsl_tflops": speed["cnndsl"][0], "cnndsl_mfu": speed["cnndsl"][1],
+                          "hand_tflops": speed["hand"][0], "hand_mfu": speed["hand"][1]}))
     return 0
 
 

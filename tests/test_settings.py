@@ -28,8 +28,10 @@ train:
 QUICK = ["--data", "synthetic:64", "--epochs", "1", "--limit", "32"]
 
 # Config as it was before the table: field → default (names, defaults and order stay).
+# Config's fields and defaults: those before the table, plus cache and workers since.
 FIELDS_BEFORE = {
-    "data": "digits", "val_fraction": 0.1, "limit": None, "augment": {}, "init": "default",
+    "data": "digits", "val_fraction": 0.1, "limit": None, "cache": "auto", "workers": None,
+    "augment": {}, "init": "default",
     "init_from": None, "freeze": None, "strict": False, "epochs": 10, "batch_size": 64,
     "optimizer": "sgd", "lr": None, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
     "warmup_epochs": 0.0, "step_size": None, "gamma": 0.1, "label_smoothing": 0.0, "seed": 0,
@@ -44,6 +46,8 @@ FLAGS_BEFORE = {
     "--seed": "seed", "--val-fraction": "val_fraction", "--limit": "limit", "--no-bf16": "bf16",
     "--no-channels-last": "channels_last", "--compile": "compile", "--init-from": "init_from",
     "--freeze": "freeze", "--strict": "strict",
+    # added with streaming data (a folder read from disk in worker processes)
+    "--cache": "cache", "--workers": "workers",
 }
 
 
@@ -182,7 +186,7 @@ def test_spec_only_and_flag_only_settings():
     flag_only = {s.name for s in SETTINGS if s.flag_only}
     assert spec_only == {"step_size", "gamma", "augment"}
     assert flag_only == {"limit", "device", "bf16", "channels_last", "compile", "init_from",
-                         "freeze", "strict"}
+                         "freeze", "strict", "cache", "workers"}
 
 
 def readme_rows() -> list[list[str]]:

@@ -21,7 +21,8 @@ from cnndsl.training.optim import lr_at
 from cnndsl.training.settings import Config, make_config
 from helpers import ROOT, run_main, tiny_spec
 
-METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"}
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+               "train_tflops", "mfu", "data_wait"}   # the last three since streaming data
 SUMMARY_KEYS = {"test_acc", "test_top5", "epochs", "seconds", "images_per_s", "params", "macs",
                 "best_val_acc", "device"}
 # Subprocesses: idle OpenMP threads sleep (the CLI sets this itself; be explicit for torchrun).

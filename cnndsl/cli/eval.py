@@ -25,9 +25,8 @@ def run(args) -> int:
     from ..training.inference import load_for_inference
 
     loaded = load_for_inference(args)
-    x, y = loaded["splits"][args.split]
-    result = evaluate(loaded["model"], x, y, loaded["rt"], loaded["mean"], loaded["std"],
-                      args.batch_size, tta=args.tta)
+    result = evaluate(loaded["model"], loaded["splits"][args.split], loaded["rt"], loaded["mean"],
+                      loaded["std"], args.batch_size, tta=args.tta)
     result = {"checkpoint": str(args.checkpoint), "data": loaded["data"].name, "split": args.split,
               "tta": args.tta, "top1": result["acc"], "top5": result["top5"],
               "loss": result["loss"], "images": result["n"]}

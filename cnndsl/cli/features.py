@@ -38,9 +38,9 @@ def run(args) -> int:
 
     loaded = load_for_inference(args, layer=args.layer)
     arrays = {}
-    for split, (x, y) in loaded["splits"].items():
-        arrays[f"{split}_x"] = activations(loaded, x, args.batch_size)
-        arrays[f"{split}_y"] = y.cpu()
+    for name, split in loaded["splits"].items():
+        arrays[f"{name}_x"] = activations(loaded, split, args.batch_size, loaded["input_shape"])
+        arrays[f"{name}_y"] = split.y.cpu()
     check_out(out, Path(args.checkpoint), args.overwrite)   # again: it took a while
     write_features(out, arrays, loaded["data"].class_names, args.layer)
     shapes = ", ".join(f"{s} {shape_text(arrays[s + '_x'].shape)}" for s in ("train", "val", "test"))

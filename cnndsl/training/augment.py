@@ -98,6 +98,8 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, degrees: float = 10,
 # --- building a pipeline from a spec's config -----------------------------------------
 
 AUGMENT_KEYS = ("hflip", "crop", "jitter", "affine")
+# Per-sample, at decoding (images.Recipe): a folder's images only; batches ignore it here.
+SAMPLE_KEYS = ("resized_crop",)
 
 
 def build_augment(config: dict | None) -> Augment:
@@ -113,9 +115,13 @@ def build_augment(config: dict | None) -> Augment:
         raise CnnDslError(f"augment must be a mapping like {{hflip: true, crop: 4}}, got {config!r}")
     steps: list[Augment] = []
     for key in config:
-        if key not in AUGMENT_KEYS:
-            raise CnnDslError(f"unknown augmentation '{key}'{did_you_mean(str(key), AUGMENT_KEYS)}"
-                              f"; valid: {', '.join(AUGMENT_KEYS)}")
+        if key not in AUGMENT_KEYS + SAMPLE_KEYS:
+            valid = AUGMENT_KEYS + SAMPLE_KEYS
+            raise CnnDslError(f"unknown augmentation '{key}'{did_you_mean(str(key), valid)}"
+                              f"; valid: {', '.join(valid)}")
+    if "resized_crop" in config:   # checked here too, so a spec's mistake shows at once
+        from .images import Recipe
+        Recipe.from_augment(config)
     # Fixed order: geometry first (affine, crop, flip), then colour.
     if _on(config, "affine"):
         if config["affine"] is not True:

@@ -1,7 +1,14 @@
-"""Data sets for `cnndsl train`: read from local files into memory as tensors.
+"""Data sets for `cnndsl train`: local files, never downloaded, as three splits.
 
-Nothing is downloaded. Every source becomes float32 images N×C×H×W in [0, 1], already
-resized to the network's input shape, plus int64 labels, split into train / val / test.
+Each split is a `splits.TensorSplit` (images in memory) or a `splits.FileSplit`
+(image files decoded per batch in worker processes); the training loop sees only
+their common interface. The small sets (digits, MNIST, CIFAR-10, synthetic) are held
+in memory at their native size, as uint8 where the data is 8-bit, and resized per
+batch. A folder is indexed without opening an image (`folder_index`), then decoded
+once into memory or streamed from disk: `--cache auto` streams when the decoded images
+would not fit a quarter of the machine's memory, or when `augment: {resized_crop: …}`
+asks for a fresh random crop of every image each epoch (`images`); one line of the
+run's log says which was chosen and why.
 
 Source forms (the `--data` argument):
 
@@ -24,10 +31,10 @@ greys (PNG mode I;16) are scaled by their bit depth, not saturated to 8 bits.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -39,11 +46,11 @@ import torch.nn.functional as F
 
 from ..errors import CnnDslError, did_you_mean
 from . import limits
+from .images import one_line, open_regular
+from .splits import FileSplit, TensorSplit
 
-SOURCE_FORMS = ("digits", "mnist:DIR", "cifar10:DIR", "folder:DIR", "synthetic[:N]")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # ITU-R 601 weights, the same ones Pillow uses for RGB -> L, so a folder read as "L"
 # and an RGB data set reduced to one channel agree.
 LUMA = (0.299, 0.587, 0.114)
@@ -51,25 +58,35 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class DataSplits:
-    train_x: torch.Tensor  # float32 N×C×H×W in [0, 1]
-    train_y: torch.Tensor  # int64 N
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    """The three splits of a data set (see `splits`: in memory, or streamed from files)."""
+
+    train: TensorSplit | FileSplit
+    val: TensorSplit | FileSplit
+    test: TensorSplit | FileSplit
     class_names: list[str]
     name: str
+    how: str = ""   # one line: held in memory or streamed, and why
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    # The splits as whole float32 tensors at the network's input shape: for small sets
+    # (tests, inspection); training never builds them.
+    train_x = property(lambda self: _whole(self.train))
+    val_x = property(lambda self: _whole(self.val))
+    test_x = property(lambda self: _whole(self.test))
+    train_y = property(lambda self: self.train.y)
+    val_y = property(lambda self: self.val.y)
+    test_y = property(lambda self: self.test.y)
+
 
 @dataclass
 class _Raw:
-    """What a loader reads, before resizing and carving the validation split."""
+    """What a loader reads, before carving the validation split: images at their native
+    size, uint8 (float32 in [0, 1] for the sets that are not 8-bit)."""
 
-    train_x: torch.Tensor  # float32 N×C×H×W in [0, 1], native size
+    train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -77,35 +94,71 @@ class _Raw:
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # a split the data set ships
 
 
+@dataclass
+class Options:
+    """How `load_data` reads: the settings of `cnndsl train` that concern data."""
+
+    val_fraction: float = 0.1
+    seed: int = 0
+    limit: int | None = None
+    cache: str = "auto"            # auto | ram | stream (folders only)
+    workers: int = 0               # DataLoader worker processes for a streamed folder
+    augment: dict | None = None    # a spec's `augment:`; `resized_crop` is per sample
+    index_dir: Path | None = None  # where a folder's index is cached
+
+
 def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: float = 0.1,
-              seed: int = 0, limit: int | None = None) -> DataSplits:
-    """Load `source` (see the module doc) resized to `input_shape` = (C, H, W).
+              seed: int = 0, limit: int | None = None, **options) -> DataSplits:
+    """Load `source` (see the module doc) for a network whose input is (C, H, W).
 
     The validation split is a seeded random `val_fraction` of the training images
     (after `limit`), unless the data set ships its own (a folder's val/ next to test/).
+    `options` are the other fields of `Options` (cache, workers, augment, index_dir).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise CnnDslError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if limit is not None and limit < 1:
-        raise CnnDslError(f"limit must be a positive number of images, got {limit}")
+    opts = Options(val_fraction=val_fraction, seed=seed, limit=limit, **options)
+    if not 0.0 <= opts.val_fraction < 1.0:
+        raise CnnDslError(f"val_fraction must be in [0, 1), got {opts.val_fraction}")
+    if opts.limit is not None and opts.limit < 1:
+        raise CnnDslError(f"limit must be a positive number of images, got {opts.limit}")
     c, h, w = (int(v) for v in input_shape)
     if c not in (1, 3):
         raise CnnDslError(f"data sets provide 1- or 3-channel images; the network wants {c}")
     kind, arg, name = _parse_source(source)
-    raw = _LOADERS[kind](arg, (c, h, w), seed)
+    if SOURCES[kind].load is None:
+        return _folder_splits(arg, name, (c, h, w), opts)
+    if (opts.augment or {}).get("resized_crop"):
+        raise CnnDslError(f"augment resized_crop crops each image from its original, so it needs "
+                          f"folder:DIR; '{name}' is held in memory at one size (use crop: N)")
+    raw = SOURCES[kind].load(arg, (c, h, w), opts.seed)
     if kind == "synthetic":
         name = f"synthetic:{arg}"
+    return _tensor_splits(raw, name, (c, h, w), opts)
 
+
+def _tensor_splits(raw: _Raw, name: str, shape, opts: Options, how: str = "") -> DataSplits:
     train_x, train_y = raw.train_x, raw.train_y
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
+    if opts.limit is not None:
+        train_x, train_y = train_x[:opts.limit], train_y[:opts.limit]
     if raw.val is not None:
         val_x, val_y = raw.val
     else:
-        train_x, train_y, val_x, val_y = _carve(train_x, train_y, val_fraction, seed)
-    fit = lambda x: _fit(x, (c, h, w), name)  # noqa: E731
-    return DataSplits(fit(train_x), train_y, fit(val_x), val_y, fit(raw.test_x), raw.test_y,
-                      list(raw.class_names), name)
+        kept, held = _carve_indices(len(train_y), opts.val_fraction, opts.seed)
+        train_x, train_y, val_x, val_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
+    fit = functools.partial(_fit, shape=shape, name=name)
+    splits = [TensorSplit(x, y, fit) for x, y in
+              ((train_x, train_y), (val_x, val_y), (raw.test_x, raw.test_y))]
+    total = sum(s.nbytes for s in splits)
+    how = how or (f"{name}: in memory, {limits.human_bytes(total)} "
+                  f"({str(train_x.dtype).removeprefix('torch.')} at native size, resized per batch)")
+    return DataSplits(*splits, list(raw.class_names), name, how)
+
+
+def _whole(split) -> torch.Tensor:
+    if len(split) == 0:
+        empty = split.x[:0] if isinstance(split, TensorSplit) else torch.zeros(0, *split.shape)
+        return split.prepare(empty)
+    x, _ = next(split.batches([torch.arange(len(split))]))
+    return split.prepare(x)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,15 +184,15 @@ def _parse_source(source: str) -> tuple[str, str, str]:
     kind, sep, arg = source.strip().partition(":")
     kind = kind.lower()
     forms = ", ".join(SOURCE_FORMS)
-    if kind not in _LOADERS:
-        hint = did_you_mean(kind, list(_LOADERS))
+    if kind not in SOURCES:
+        hint = did_you_mean(kind, list(SOURCES))
         if not hint and Path(source).is_dir():
             hint = f" — for a folder of class sub-folders write 'folder:{source}'"
         raise CnnDslError(f"unknown data source '{source}'{hint}; valid forms: {forms}")
-    if kind in ("mnist", "cifar10", "folder") and not arg:
+    if SOURCES[kind].arg == "dir" and not arg:
         raise CnnDslError(f"data source '{kind}' needs a directory: write '{kind}:DIR'")
-    if kind == "digits" and sep:
-        raise CnnDslError("data source 'digits' takes no argument (it is bundled with scikit-learn)")
+    if SOURCES[kind].arg == "none" and sep:
+        raise CnnDslError(f"data source '{kind}' takes no argument (it is bundled with scikit-learn)")
     return kind, arg, source.strip()
 
 
@@ -187,7 +240,7 @@ def _load_mnist(arg: str, shape, seed: int) -> _Raw:
     n_classes = max(10, int(max(tr_y.max(initial=0), te_y.max(initial=0))) + 1)
 
     def images(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).unsqueeze(1).float().div_(255.0)
+        return torch.from_numpy(a).unsqueeze(1)   # uint8, as stored: 47 MB for MNIST
 
     return _Raw(images(tr_x), _labels(tr_y), images(te_x), _labels(te_y),
                 [str(i) for i in range(n_classes)])
@@ -210,12 +263,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     and then exactly as many bytes as the header says are read (a .gz is inflated only
     that far), so a small gzip bomb cannot inflate to gigabytes.
     """
-    with _open_regular(path) as raw:
+    with open_regular(path) as raw:
         try:
             with (gzip.open(raw, "rb") if path.suffix == ".gz" else raw) as f:
                 return _read_idx_stream(f, path, ndim)
         except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken .gz
-            raise CnnDslError(f"cannot read IDX file '{path}': {_one_line(e)}") from None
+            raise CnnDslError(f"cannot read IDX file '{path}': {one_line(e)}") from None
 
 
 def _read_idx_stream(f, path: Path, ndim: int) -> np.ndarray:
@@ -260,30 +313,6 @@ def _read_idx_stream(f, path: Path, ndim: int) -> np.ndarray:
 _CHUNK = 16 * 2 ** 20
 
 
-def _one_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return limits.clip(lines[0] if lines else type(e).__name__, 160)
-
-
-def _need_regular(path: Path) -> None:
-    """Refuse anything but a regular file (after symlinks): a FIFO or a device would block
-    the read forever or never end."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        raise CnnDslError(f"cannot read '{path}': {_one_line(e)}") from None
-    if not stat.S_ISREG(mode):
-        raise CnnDslError(f"'{path}' is not a regular file (a {_file_kind(mode)}): cnndsl reads "
-                          "data only from regular files")
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISDIR, "directory")):
-        if test(mode):
-            return kind
-    return "special file"
 
 
 # --- CIFAR-10 binary version ----------------------------------------------------------
@@ -316,7 +345,7 @@ def _cifar_missing(d: Path, name: str) -> str:
 
 
 def _read_cifar(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with _open_regular(path) as f:
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limits.data_budget():
             raise CnnDslError(f"'{path}' is {limits.human_bytes(size)}, more than the "
@@ -330,14 +359,14 @@ def _read_cifar(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     labels = records[:, 0]
     if labels.max() > 9:
         raise CnnDslError(f"'{path}': label {labels.max()} out of range 0..9")
-    x = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()).float().div_(255.0)
+    x = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())   # uint8
     return x, _labels(labels)
 
 
 def _cifar_names(d: Path) -> list[str]:
     meta = d / "batches.meta.txt"
     if meta.is_file():
-        with _open_regular(meta) as f:   # ten short names: the first 64 KiB is plenty
+        with open_regular(meta) as f:   # ten short names: the first 64 KiB is plenty
             text = f.read(64 * 1024).decode("utf-8", errors="replace")
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if len(names) >= 10:
@@ -348,107 +377,80 @@ def _cifar_names(d: Path) -> list[str]:
 # --- a folder of images per class -----------------------------------------------------
 
 
-def _load_folder(arg: str, shape, seed: int) -> _Raw:
+def _folder_splits(arg: str, name: str, shape, opts: Options) -> DataSplits:
+    """A folder of class folders: indexed without opening an image, then either decoded
+    once into memory (uint8, at the network's size) or streamed per batch (`--cache`)."""
+    from .folder_index import index_folder
+    from .images import Recipe
+
     d = _need_dir(arg, "one sub-folder of PNG/JPEG images per class")
-    mode = "L" if shape[0] == 1 else "RGB"
-    hw = shape[1:]
-    if (d / "train").is_dir():
-        # Ready-made splits: train/ plus test/ (or val/ standing in for a missing test/).
-        names = _class_dirs(d / "train")
-        tr_x, tr_y = _read_classes(d / "train", names, mode, hw)
-        test_dir = next((d / s for s in ("test", "val") if (d / s).is_dir()), None)
-        val = None
-        if test_dir is None:
-            tr_x, tr_y, te_x, te_y = _carve(tr_x, tr_y, 0.2, seed)
-        else:
-            te_x, te_y = _read_classes(test_dir, names, mode, hw)
-            if test_dir.name == "test" and (d / "val").is_dir():
-                val = _read_classes(d / "val", names, mode, hw)
-        return _Raw(tr_x, tr_y, te_x, te_y, names, val)
-    names = _class_dirs(d)
-    x, y = _read_classes(d, names, mode, hw)
-    tr_x, tr_y, te_x, te_y = _carve(x, y, 0.2, seed)
-    return _Raw(tr_x, tr_y, te_x, te_y, names)
+    index = index_folder(d, opts.index_dir)
+    parts = _folder_parts(index, opts)
+    recipe = Recipe.from_augment(opts.augment or {})
+    streamed = [FileSplit(files, y, shape, recipe, opts.seed, opts.workers) for files, y in parts]
+    n = sum(len(s) for s in streamed)
+    mode, why = _cache_choice(opts.cache, n * math.prod(shape), recipe)
+    how = f"{name}: {n:,} images, {why}"
+    if mode == "stream":
+        return DataSplits(*streamed, list(index.class_names), name,
+                          f"{how}; decoded by {opts.workers or 'no'} worker process"
+                          f"{'es' if opts.workers != 1 else ''}")
+    fit = functools.partial(_fit, shape=shape, name=name)
+    held = [TensorSplit(_decode_all(s), s.y, fit) for s in streamed]
+    return DataSplits(*held, list(index.class_names), name, how)
 
 
-def _class_dirs(d: Path) -> list[str]:
-    names = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise CnnDslError(f"no class folders in '{d}' (expected one sub-folder of images per class)")
-    return names
+def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
+    """(files, labels) of train, val and test. The folder's train/ (or, flat, all of it)
+    trains; its test/ (else its val/, else a seeded 20%) tests; its val/ next to a test/
+    validates, else a seeded `val_fraction` of the training files (after `limit`)."""
+    def part(files, labels, keep=None):
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if keep is None:
+            return list(files), labels
+        return [files[i] for i in keep.tolist()], labels[keep]
+
+    train = part(*index.splits["train"])
+    test_name = next((s for s in ("test", "val") if s in index.splits), None)
+    val = None
+    if test_name is None:
+        kept, held = _carve_indices(len(train[1]), 0.2, opts.seed)
+        train, test = part(*train, kept), part(*train, held)
+    else:
+        test = part(*index.splits[test_name])
+        if test_name == "test" and "val" in index.splits:
+            val = part(*index.splits["val"])
+    if opts.limit is not None:   # before anything is decoded
+        train = (train[0][:opts.limit], train[1][:opts.limit])
+    if val is None:
+        kept, held = _carve_indices(len(train[1]), opts.val_fraction, opts.seed)
+        train, val = part(*train, kept), part(*train, held)
+    return [train, val, test]
 
 
-def _read_classes(d: Path, names: list[str], mode: str, hw) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = sorted(set(_class_dirs(d)) - set(names))
-    if extra:
-        raise CnnDslError(f"'{d}' has class folder '{extra[0]}' that the training split lacks")
-    xs, ys = [], []
-    for label, name in enumerate(names):
-        files = sorted(p for p in (d / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files and (d / name).is_dir():
-            raise CnnDslError(f"class folder '{d / name}' has no PNG/JPEG images")
-        for f in files:
-            xs.append(_read_image(f, mode, hw))
-            ys.append(label)
-    if not xs:
-        raise CnnDslError(f"no PNG/JPEG images in the class folders of '{d}'")
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
+    """ram or stream, and the reason, in words for the run's log."""
+    if cache == "ram":
+        return "ram", f"decoded into memory ({limits.human_bytes(nbytes)} as uint8; --cache ram)"
+    if cache == "stream":
+        return "stream", "streamed from disk (--cache stream)"
+    if recipe.resized_crop:
+        return "stream", "streamed from disk: augment.resized_crop crops every image anew each epoch"
+    budget = (limits.machine_memory() or 8 * limits.GiB) // 4
+    if nbytes <= budget:
+        return "ram", (f"decoded into memory: {limits.human_bytes(nbytes)} as uint8 fits a quarter "
+                       f"of the memory, {limits.human_bytes(budget)} (--cache auto)")
+    return "stream", (f"streamed from disk: decoded they would take {limits.human_bytes(nbytes)}, "
+                      f"more than a quarter of the memory, {limits.human_bytes(budget)} (--cache auto)")
 
 
-def _read_image(path: Path, mode: str, hw) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with _open_regular(path) as f, Image.open(f) as im:
-            w, h = im.size
-            if w * h > _max_pixels():
-                raise CnnDslError(f"image '{path}' is {w}×{h} = {w * h:,} pixels, more than the "
-                                  f"{_max_pixels():,} cnndsl reads (a decompression bomb?)")
-            x = _image_array(im, mode)
-    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
-        raise CnnDslError(f"cannot read image '{path}': {_one_line(e)}") from None
-    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-    # Images differ in size, so each is resized on its own before they are stacked.
-    return _resize(x.unsqueeze(0), hw)[0]
-
-
-def _max_pixels() -> int:
-    from PIL import Image
-
-    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-
-def _image_array(im, mode: str) -> torch.Tensor:
-    """The image as float32 H×W (mode L) or H×W×3 (RGB) in [0, 1], scaled by its bit depth.
-
-    8-bit modes (L, RGB, P, 1, LA, RGBA, CMYK …) go through Pillow's `convert`; 16- and
-    32-bit integer greys (I;16*, I) are divided by 65535 (Pillow's own I;16 → L would
-    saturate everything above 255 to white).
-    """
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        grey = np.asarray(im).astype(np.float32) / 65535.0
-        x = torch.from_numpy(np.clip(grey, 0.0, 1.0, out=grey))
-        return x if mode == "L" else x.unsqueeze(-1).expand(-1, -1, 3).contiguous()
-    arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).float().div_(255.0)
-
-
-def _open_regular(path: Path):
-    """`path` opened for reading, if it is a regular file (symlinks followed); else a
-    one-line error. Opened non-blocking and checked again on the open file, so a FIFO
-    (or a device) swapped in between cannot block the read."""
-    _need_regular(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as e:
-        raise CnnDslError(f"cannot read '{path}': {_one_line(e)}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise CnnDslError(f"'{path}' is not a regular file (a {_file_kind(mode)}): cnndsl reads "
-                          "data only from regular files")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+def _decode_all(split: FileSplit) -> torch.Tensor:
+    """Every image of a split, decoded (in the split's worker processes) into one uint8 tensor."""
+    out = torch.empty((len(split), *split.shape), dtype=torch.uint8)
+    batches = list(torch.arange(len(split)).split(256))
+    for idx, (x, _) in zip(batches, split.batches(batches)):
+        out[idx] = x
+    return out
 
 
 # --- synthetic ------------------------------------------------------------------------
@@ -480,8 +482,23 @@ def _positive_int(text: str) -> int:
     return n
 
 
-_LOADERS = {"digits": _load_digits, "mnist": _load_mnist, "cifar10": _load_cifar10,
-            "folder": _load_folder, "synthetic": _load_synthetic}
+@dataclass(frozen=True)
+class Source:
+    """One form of `--data`: how it is written, what its argument is, what reads it."""
+    form: str                      # as the help and the errors write it
+    arg: str                       # "dir" (required), "none", or "optional"
+    load: object = None            # (arg, shape, seed) -> _Raw; None: a folder (_folder_splits)
+
+
+# Each data source once; the help text, the checks and the loading all come from here.
+SOURCES = {
+    "digits": Source("digits", "none", _load_digits),
+    "mnist": Source("mnist:DIR", "dir", _load_mnist),
+    "cifar10": Source("cifar10:DIR", "dir", _load_cifar10),
+    "folder": Source("folder:DIR", "dir"),
+    "synthetic": Source("synthetic[:N]", "optional", _load_synthetic),
+}
+SOURCE_FORMS = tuple(s.form for s in SOURCES.values())
 
 
 # --- shared helpers -------------------------------------------------------------------
@@ -493,14 +510,18 @@ def _labels(a) -> torch.Tensor:
 
 def _carve(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
     """Split off a seeded random `fraction` of (x, y); both parts keep their original order."""
-    n = len(x)
+    kept, held = _carve_indices(len(y), fraction, seed)
+    return x[kept], y[kept], x[held], y[held]
+
+
+def _carve_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) indices of 0..n-1, held a seeded random `fraction`, both in order."""
     k = round(n * fraction)
     if fraction > 0 and n > 1:
         k = min(max(k, 1), n - 1)  # a requested split is never empty, never everything
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    held, kept = perm[:k].sort().values, perm[k:].sort().values
-    return x[kept], y[kept], x[held], y[held]
+    return perm[k:].sort().values, perm[:k].sort().values
 
 
 def _fit(x: torch.Tensor, shape, name: str) -> torch.Tensor:
@@ -515,7 +536,8 @@ def _fit(x: torch.Tensor, shape, name: str) -> torch.Tensor:
         # grey to RGB: the same value in every plane
         return _resize(x, shape[1:]).expand(-1, 3, -1, -1).contiguous()
     if x.shape[1] == 3 and c == 1:
-        grey = torch.tensordot(x, torch.tensor(LUMA), dims=([1], [0])).unsqueeze(1)
+        grey = torch.tensordot(x, torch.tensor(LUMA, dtype=x.dtype, device=x.device),
+                               dims=([1], [0])).unsqueeze(1)
         return _resize(grey, shape[1:]).contiguous()
     raise CnnDslError(f"'{name}' has {x.shape[1]}-channel images; cannot adapt to {c}")
 

@@ -9,22 +9,22 @@ from .runtime import Runtime
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean: torch.Tensor,
-             std: torch.Tensor, batch_size: int, tta: str = "none") -> dict:
-    """Loss, top-1 and top-5 accuracy of images `x` (in [0, 1]) normalised by mean and std.
+def evaluate(model, split, rt: Runtime, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int, tta: str = "none") -> dict:
+    """Loss, top-1 and top-5 accuracy on a split (see `splits`), images normalised by mean and std.
 
     With test-time augmentation the softmax is averaged over the views (the notes:
     AlexNet's ten patches, the four corners and the centre, and their mirrors)."""
-    if len(y) == 0:
+    if len(split) == 0:
         return {"loss": None, "acc": None, "top5": None, "n": 0}
     model.eval()
-    x, y = x[rt.rank::rt.world], y[rt.rank::rt.world]   # each process its share
+    mine = torch.arange(len(split))[rt.rank::rt.world]   # each process its share
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)   # loss·n, top-1, top-5, n
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size].to(rt.device)
-        views = tta_views(rt.images(xb), tta, size=tuple(x.shape[-2:]))   # V×B×C×H×W
+    for xb, yb in split.batches(list(mine.split(batch_size))):
+        x, yb = split.prepare(rt.to_device(xb)), yb.to(rt.device)
+        views = tta_views(x, tta, size=tuple(x.shape[-2:]))   # V×B×C×H×W
         with rt.autocast():
-            logits = model(rt.images((views.flatten(0, 1) - mean) / std))
+            logits = model(rt.layout((views.flatten(0, 1) - mean) / std))
         probs = logits.float().softmax(1).view(len(views), len(yb), -1).mean(0)
         top = probs.topk(min(5, probs.shape[1]), dim=1).indices
         sums += torch.stack([F.nll_loss(probs.clamp_min(1e-12).log(), yb, reduction="sum").double(),

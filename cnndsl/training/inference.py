@@ -13,7 +13,7 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     from . import checkpoint
     from .data import load_data
     from .limits import check_memory
-    from .runtime import start_runtime
+    from .runtime import start_runtime, worker_count
     from .settings import make_config
 
     if args.batch_size < 1:
@@ -27,7 +27,8 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
     rt = start_runtime(config)
     data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
-                     seed=config.seed, limit=config.limit)
+                     seed=config.seed, limit=config.limit, cache=config.cache,
+                     workers=worker_count(config.workers), augment=config.augment)
     if data.num_classes > len(state["class_names"]) and layer is None:
         raise CnnDslError(f"'{data.name}' has {data.num_classes} classes; {args.checkpoint} was "
                           f"trained on {len(state['class_names'])}")
@@ -35,8 +36,8 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     return {"model": model.to(rt.device).eval(), "rt": rt, "data": data,
             "mean": norm["mean"].to(rt.device, torch.float32).view(1, -1, 1, 1),
             "std": norm["std"].to(rt.device, torch.float32).view(1, -1, 1, 1),
-            "splits": {"train": (data.train_x, data.train_y), "val": (data.val_x, data.val_y),
-                       "test": (data.test_x, data.test_y)}}
+            "splits": {"train": data.train, "val": data.val, "test": data.test},
+            "input_shape": analysis.input_shape}
 
 
 def model_upto(analysis, name: str, layer: str | None, state: dict, where):
@@ -68,17 +69,19 @@ def model_upto(analysis, name: str, layer: str | None, state: dict, where):
     return model
 
 
-def activations(loaded: dict, x, batch_size: int):
+def activations(loaded: dict, split, batch_size: int, shape):
+    """The model's outputs for every image of `split`, in order, on the CPU."""
     import torch
 
     rt, model, parts = loaded["rt"], loaded["model"], []
+    batches = list(torch.arange(len(split)).split(batch_size))
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb = rt.images(x[start:start + batch_size])
+        for xb, _ in split.batches(batches):
+            x = split.prepare(rt.to_device(xb))
             with rt.autocast():
-                parts.append(model((xb - loaded["mean"]) / loaded["std"]).float().cpu())
+                parts.append(model(rt.layout((x - loaded["mean"]) / loaded["std"])).float().cpu())
         if not parts:  # an empty split (no validation images): 0 × the layer's shape
-            probe = model(rt.images(torch.zeros(1, *x.shape[1:])))
+            probe = model(rt.images(torch.zeros(1, *shape)))
             return torch.zeros(0, *probe.shape[1:])
     return torch.cat(parts)
 

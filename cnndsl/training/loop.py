@@ -28,13 +28,14 @@ from ..analysis.result import OPTIMIZER_STATES
 from ..backends.torch_fx import build_module
 from ..errors import CnnDslError, did_you_mean
 from ..graph import shape_text
-from . import checkpoint, limits, rundir
+from . import checkpoint, limits, rundir, throughput
 from .augment import build_augment
-from .data import channel_stats, load_data
+from .data import load_data
+from .splits import split_stats
 from .evaluate import evaluate
 from .optim import lr_at, make_optimizer
 from .progress import Reporter, _epoch_line
-from .runtime import Runtime, derive_seed, start_runtime, stop_runtime
+from .runtime import Runtime, derive_seed, start_runtime, stop_runtime, worker_count
 from .settings import Config
 
 
@@ -92,11 +93,13 @@ def _train(run: Run, resume: dict | None) -> dict:
     limits.check_memory(analysis, optimizer_states=OPTIMIZER_STATES[c.optimizer],
                         device=rt.device)
     run.data = data = load_data(c.data, analysis.input_shape, val_fraction=c.val_fraction,
-                                seed=c.seed, limit=c.limit)
+                                seed=c.seed, limit=c.limit, cache=c.cache,
+                                workers=worker_count(c.workers), augment=c.augment,
+                                index_dir=run.out if rt.is_main else None)
     _check_classes(analysis, data)
     # "Center (subtract mean from) your data" (the notes): per-channel mean and std of
     # the training images, applied after augmentation and saved with the model.
-    run.mean, run.std = (channel_stats(data.train_x) if resume is None else
+    run.mean, run.std = (split_stats(data.train, seed=c.seed) if resume is None else
                          (resume["normalize"]["mean"], resume["normalize"]["std"]))
     run.augment = build_augment(c.augment)
     _place_data(run)
@@ -117,7 +120,7 @@ def _train(run: Run, resume: dict | None) -> dict:
 
     # --- optimiser --------------------------------------------------------------------
     run.optimizer = make_optimizer(c, [p for p in model.parameters() if p.requires_grad])
-    run.steps_per_epoch = len(epoch_batches(len(data.train_y), c.batch_size, rt.world))
+    run.steps_per_epoch = len(epoch_batches(len(data.train), c.batch_size, rt.world))
     if resume is not None:
         _restore(run, resume)
     truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt, say=run.report.line)
@@ -127,13 +130,15 @@ def _train(run: Run, resume: dict | None) -> dict:
     for epoch in range(run.epoch, c.epochs):
         started = time.perf_counter()
         stats = train_epoch(run, epoch)
-        val = evaluate(run.raw_model, data.val_x, data.val_y, rt, run.mean, run.std, c.batch_size)
+        val = evaluate(run.raw_model, data.val, rt, run.mean, run.std, c.batch_size)
         _check_finite(run, epoch, val, stats["lr"])
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": stats["lr"],
                    "seconds": round(seconds, 3),
-                   "images_per_s": round(stats["images"] / stats["seconds"], 1)}
+                   "images_per_s": round(stats["images"] / stats["seconds"], 1),
+                   **_speed(run, stats["images"], stats["seconds"]),
+                   "data_wait": round(stats["data_wait"] / max(stats["seconds"], 1e-9), 4)}
         run.elapsed = {"seconds": run.elapsed["seconds"] + seconds,
                        "train_seconds": run.elapsed["train_seconds"] + stats["seconds"],
                        "images": run.elapsed["images"] + stats["images"]}
@@ -142,6 +147,15 @@ def _train(run: Run, resume: dict | None) -> dict:
 
     # --- test -------------------------------------------------------------------------
     return _finish(run)
+
+
+def _speed(run: Run, images: int, seconds: float) -> dict:
+    """Achieved model TFLOP/s (6 × MACs per image: forward and backward) and, on a GPU
+    whose bf16 peak is known, MFU (see throughput.py). None where unknown."""
+    tflops = throughput.train_tflops(run.analysis.totals()["macs"], images, seconds)
+    share = throughput.mfu(tflops, throughput.peak_tflops(run.rt.device_name))
+    return {"train_tflops": None if tflops is None else float(f"{tflops:.4g}"),   # 4 digits
+            "mfu": None if share is None else round(share, 4)}
 
 
 def _check_classes(analysis, data) -> None:
@@ -157,8 +171,8 @@ def _place_data(run: Run) -> None:
     d, rt = run.data, run.rt
     run.mean = run.mean.to(rt.device).view(1, -1, 1, 1)
     run.std = run.std.to(rt.device).view(1, -1, 1, 1)
-    if rt.device.type == "cuda" and d.train_x.numel() * 4 < 2 ** 31:
-        d.train_x, d.train_y = d.train_x.to(rt.device), d.train_y.to(rt.device)
+    if rt.device.type == "cuda" and 0 < d.train.nbytes < 2 ** 31:
+        d.train.to(rt.device)
 
 
 def _init_from(model, path: str, report) -> None:
@@ -211,16 +225,21 @@ def train_epoch(run: Run, epoch: int) -> dict:
     order = torch.Generator().manual_seed(derive_seed(c.seed, epoch, "order"))
     jitter = torch.Generator().manual_seed(derive_seed(c.seed, epoch, f"augment{rt.rank}"))
     torch.manual_seed(derive_seed(c.seed, epoch, f"dropout{rt.rank}"))
-    batches = epoch_batches(len(d.train_y), c.batch_size, rt.world, order)
+    batches = epoch_batches(len(d.train), c.batch_size, rt.world, order)
+    mine = [idx[rt.rank::rt.world] for idx in batches]   # this process's share of each
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)   # loss·n, correct, n
     check_every = 1 if rt.device.type == "cpu" else 20   # .item() waits for the GPU
     run.report.start_epoch(epoch + 1, c.epochs, len(batches))
     started = time.perf_counter()
-    for i, idx in enumerate(batches):
-        idx = idx[rt.rank::rt.world].to(d.train_x.device)   # this process's share
-        x = run.augment(rt.images(d.train_x[idx]), jitter)
-        x = (x - run.mean) / run.std
-        y = d.train_y[idx].to(rt.device, non_blocking=True)
+    waited = 0.0   # seconds spent waiting for the next batch: is the run data-bound?
+    loader = d.train.batches(mine, epoch=epoch, train=True)
+    for i in range(len(mine)):
+        t0 = time.perf_counter()
+        xb, yb = next(loader)
+        waited += time.perf_counter() - t0
+        x = run.augment(d.train.prepare(rt.to_device(xb)), jitter)
+        x = rt.layout((x - run.mean) / run.std)
+        y = yb.to(rt.device, non_blocking=True)
         lr = lr_at(c, epoch * run.steps_per_epoch + i, run.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -233,7 +252,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
     _progress(run, sums, len(batches), started, epoch, lr, local=False)
     loss, correct, n = sums.tolist()
     return {"loss": loss / n, "acc": correct / n, "lr": lr, "images": int(n),
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "data_wait": waited}
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor):
@@ -265,8 +284,8 @@ def _check_finite(run: Run, epoch: int, val: dict, lr: float) -> None:
     process sees the same all-reduced loss and the same weights, so all stop together."""
     what = "validation loss"
     if val["loss"] is None:   # no validation split: the loss on one batch of training images
-        d, b = run.data, run.config.batch_size
-        val = evaluate(run.raw_model, d.train_x[:b], d.train_y[:b], run.rt, run.mean, run.std, b)
+        b = run.config.batch_size
+        val = evaluate(run.raw_model, run.data.train.head(b), run.rt, run.mean, run.std, b)
         what = "loss on the training images"
     if val["loss"] is not None and not math.isfinite(val["loss"]):
         raise _diverged(run, f"the {what} became {val['loss']} after epoch {epoch + 1}", lr)
@@ -436,18 +455,18 @@ def _epoch_record(line: bytes, after: int, epoch: int) -> dict | None:
 
 def _finish(run: Run) -> dict:
     d, totals = run.data, run.analysis.totals()
-    test = evaluate(run.raw_model, d.test_x, d.test_y, run.rt, run.mean, run.std,
-                    run.config.batch_size)
+    test = evaluate(run.raw_model, d.test, run.rt, run.mean, run.std, run.config.batch_size)
     e = run.elapsed
     summary = {
         "spec": run.spec.name, "data": d.name, "test_acc": test["acc"], "test_loss": test["loss"],
         "epochs": run.epoch, "seconds": round(e["seconds"], 2),
         "images_per_s": round(e["images"] / e["train_seconds"], 1) if e["train_seconds"] else None,
         "params": totals["params"], "macs": totals["macs"],
+        **_speed(run, e["images"], e["train_seconds"]),
         "best_val_acc": run.best["value"] if run.best and run.best["metric"] == "val_acc" else None,
         "best_epoch": run.best["epoch"] if run.best else None,
         "device": str(run.rt.device.type), "world_size": run.rt.world,
-        "train_images": len(d.train_y), "val_images": len(d.val_y), "test_images": test["n"],
+        "train_images": len(d.train), "val_images": len(d.val), "test_images": test["n"],
     }
     if d.num_classes > 5:
         summary["test_top5"] = test["top5"]
@@ -469,8 +488,9 @@ def _announce(run: Run, frozen: list[str]) -> None:
     extras = [s for s, on in (("bf16", rt.bf16), ("channels_last", rt.channels_last),
                               ("compiled", c.compile)) if on]
     run.report.line(f"{run.spec.name}: {t['params']:,} params, {t['macs']:,} MACs | {d.name}: "
-                    f"{len(d.train_y)} train / {len(d.val_y)} val / {len(d.test_y)} test | "
+                    f"{len(d.train)} train / {len(d.val)} val / {len(d.test)} test | "
                     f"{where}{' ' + ', '.join(extras) if extras else ''} | {run.out}")
+    run.report.line(d.how)
     if frozen:
         run.report.line(f"frozen: {len(frozen)} layers, {frozen[0]} … {frozen[-1]}")
     if run.epoch:

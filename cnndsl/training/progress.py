@@ -11,7 +11,18 @@ def _epoch_line(m: dict, epochs: int) -> str:
     width = len(str(epochs))
     return (f"epoch {m['epoch']:{width}d}/{epochs}  train loss {m['train_loss']:.4f} "
             f"acc {m['train_acc']:.4f}  {val}  lr {m['lr']:.3g}  {m['seconds']:.1f}s  "
-            f"{m['images_per_s']:,.0f} img/s")
+            f"{m['images_per_s']:,.0f} img/s{_speed_text(m)}")
+
+
+def _speed_text(m: dict) -> str:
+    """`  0.123 TFLOP/s (MFU 41.0%)  data wait 2%`: what the epoch achieved (see throughput.py)."""
+    parts = []
+    if m.get("train_tflops") is not None:
+        tflops = f"{m['train_tflops']:.3g} TFLOP/s"
+        parts.append(tflops + (f" (MFU {m['mfu']:.1%})" if m.get("mfu") is not None else ""))
+    if m.get("data_wait") is not None:
+        parts.append(f"data wait {m['data_wait']:.0%}")
+    return "".join("  " + p for p in parts)
 
 
 class Reporter:

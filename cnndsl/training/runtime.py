@@ -23,6 +23,11 @@ class Runtime:
     def is_main(self) -> bool:   # only rank 0 prints and writes files
         return self.rank == 0
 
+    @property
+    def device_name(self) -> str | None:
+        """The GPU's name (for its peak FLOP/s), or None on a CPU."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -33,9 +38,18 @@ class Runtime:
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """A batch on the device, in the memory layout the model was put in."""
+        return self.layout(self.to_device(x))
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A tensor on the device; from the CPU through pinned memory, without blocking."""
         if self.device.type == "cuda" and x.device.type == "cpu":
-            x = x.pin_memory().to(self.device, non_blocking=True)  # copy overlaps compute
-        x = x.to(self.device)
+            if not x.is_pinned():
+                x = x.pin_memory()
+            return x.to(self.device, non_blocking=True)   # the copy overlaps compute
+        return x.to(self.device)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The memory layout the model was put in (NHWC on GPUs: tensor-core convolutions)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -95,3 +109,15 @@ def derive_seed(seed: int, epoch: int, stream: str) -> int:
     """A seed for one random stream of one epoch: resuming at epoch e needs only (seed, e)."""
     digest = hashlib.sha256(f"{seed}/{epoch}/{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+def worker_count(workers: int | None) -> int:
+    """DataLoader worker processes: as asked, or by default the CPU cores this process may
+    use, less one for the training loop itself (0: decode in this process)."""
+    if workers is not None:
+        return workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, cores - 1)

@@ -81,6 +81,15 @@ SETTINGS = (
     Setting("limit", int, None, "train on only the first N images: quick experiments and tests",
             flag="--limit", metavar="N", help="train on the first N training images only",
             bounds=(("≥", 1), ("≤", 2**40)), none_ok=True),
+    Setting("cache", str, "auto", "a folder's images decoded once into memory (ram), or decoded "
+            "per batch in worker processes (stream); auto: ram when they fit a quarter of "
+            "the memory and no per-sample crop is asked for", flag="--cache",
+            help="folder:DIR in memory (ram) or streamed from disk (stream); default auto",
+            choices=("auto", "ram", "stream")),
+    Setting("workers", int, None, "DataLoader processes decoding a streamed folder; None: the "
+            "CPU cores this process may use, less one", flag="--workers", metavar="N",
+            help="processes decoding a streamed folder (default: the usable cores less one)",
+            bounds=(("≥", 0), ("≤", 1024)), none_ok=True),
     Setting("augment", dict, {}, "the notes' \"create virtual training data\": hflip, crop, "
             "jitter, affine (see augment.py)", key="augment", check=_augment),
     # model

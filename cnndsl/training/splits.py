@@ -1,0 +1,179 @@
+"""A split of a data set (train, val or test), and how its batches reach the model.
+
+Two kinds, one interface: `len(split)`, `split.y` (all labels, int64), `split.batches(
+index_batches, epoch=…)` (raw CPU batches for the given lists of indices, in order) and
+`split.prepare(x)` (a raw batch, already on the device, as float32 in [0, 1] at the
+network's input shape). The training loop and `evaluate` see nothing else.
+
+* `TensorSplit` — the images in memory as uint8 (float32 only for the small sets that
+  are not 8-bit: the digits, synthetic images), at their native size: channels are
+  adapted and images resized per batch, on the device. Fast, and small enough to live
+  on the GPU; MNIST at 224×224 costs 47 MB, not 9 GB.
+* `FileSplit` — image files, decoded and transformed per sample in `DataLoader` worker
+  processes (`--workers`), batches in pinned memory, prefetched; memory does not grow
+  with the number of images. Each sample's random crop is seeded from (seed, epoch,
+  index), so which worker decodes it does not matter: a run resumed at epoch e sees
+  exactly the samples (and crops) of the uninterrupted run.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Callable
+
+import torch
+
+from ..errors import CnnDslError
+from .images import Recipe, decode
+
+
+class TensorSplit:
+    """Images held in memory; `fit` turns a float batch into the network's C×H×W."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, fit: Callable):
+        self.x, self.y, self.fit = x, y, fit
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, n: int) -> "TensorSplit":
+        return TensorSplit(self.x[:n], self.y[:n], self.fit)
+
+    def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
+        for idx in index_batches:
+            idx = idx.to(self.x.device)
+            yield self.x[idx], self.y[idx]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return self.fit(x)
+
+    def to(self, device) -> None:
+        """Keep the images on `device` (the GPU, for a small set): no copy per step."""
+        self.x, self.y = self.x.to(device), self.y.to(device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size()
+
+
+class FileSplit:
+    """Image files decoded in worker processes; `prepare` only scales to [0, 1]."""
+
+    def __init__(self, files: list[str], y: torch.Tensor, shape: tuple[int, int, int],
+                 recipe: Recipe, seed: int, workers: int, on_bad=None):
+        self.files, self.y, self.shape = files, y, tuple(shape)
+        self.recipe, self.seed, self.workers = recipe, seed, workers
+        self.on_bad = on_bad
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, n: int) -> "FileSplit":
+        return FileSplit(self.files[:n], self.y[:n], self.shape, self.recipe, self.seed,
+                         self.workers)
+
+    def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
+        """The batches, decoded by `workers` processes (none: in this one), in order."""
+        samples = _Samples(self, epoch, train)
+        batch_lists = [idx.tolist() for idx in index_batches]
+        if not batch_lists:
+            return iter(())
+        workers = min(self.workers, len(batch_lists))
+        loader = torch.utils.data.DataLoader(
+            samples, batch_sampler=batch_lists, num_workers=workers,
+            collate_fn=functools.partial(_stack, shape=self.shape), pin_memory=torch.cuda.is_available(),
+            # Its own generator: a DataLoader otherwise draws its workers' seed from the
+            # global RNG, and the model's initialisation would differ from a run in memory.
+            generator=torch.Generator().manual_seed(self.seed),
+            prefetch_factor=4 if workers else None, persistent_workers=False,
+            multiprocessing_context="fork" if workers and _can_fork() else None)
+        return _raising(loader)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0)
+
+    def to(self, device) -> None:
+        pass   # files stay on disk
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+class _Samples(torch.utils.data.Dataset):
+    """What a worker decodes: sample i of a FileSplit in epoch `epoch`."""
+
+    def __init__(self, split: FileSplit, epoch: int, train: bool):
+        self.files, self.y, self.shape = split.files, split.y, split.shape
+        self.recipe, self.seed, self.epoch, self.train = split.recipe, split.seed, epoch, train
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        c, h, w = self.shape
+        try:
+            x = decode(self.files[i], c, (h, w), train=self.train, recipe=self.recipe,
+                       seed=sample_seed(self.seed, self.epoch, i))
+        except CnnDslError as e:   # reported by the main process, in one line (_raising)
+            return None, e.message
+        return x, self.y[i]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random crop: from (seed, epoch, index) alone."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _stack(items, shape):
+    if not items:   # an empty index list (a split of no images): an empty batch
+        return torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    bad = next((message for x, message in items if x is None), None)
+    if bad is not None:
+        return _BAD, bad
+    xs, ys = zip(*items)
+    return torch.stack(xs), torch.stack(ys)
+
+
+_BAD = "bad image"
+
+
+def _raising(loader):
+    """The loader's batches; a file a worker could not decode becomes a one-line error
+    here, in the main process (a worker's own exception would carry its traceback)."""
+    for x, y in loader:
+        if isinstance(x, str) and x == _BAD:
+            raise CnnDslError(y)
+        yield x, y
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def split_stats(split, batch_size: int = 512, sample: int = 2000, seed: int = 0):
+    """Per-channel mean and (population) std of a split's images, for centring the inputs
+    (the notes: "center your data"). In memory: over every image; from files: over a
+    seeded sample of at most `sample` images (decoding all of ImageNet for two numbers per
+    channel is not worth an hour). Accumulated in float64, std clamped to ≥ 1e-3."""
+    n = len(split)
+    if n == 0:
+        raise CnnDslError("channel statistics need a non-empty training set")
+    order = torch.arange(n)
+    if isinstance(split, FileSplit) and n > sample:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
+    batches = list(order.split(batch_size))
+    total = squares = None
+    count = 0
+    for xb, _ in split.batches(batches):
+        x = split.prepare(xb).double()
+        s, q = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
+        total, squares = (s, q) if total is None else (total + s, squares + q)
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return mean.float(), std.float()

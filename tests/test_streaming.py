@@ -1,0 +1,156 @@
+"""Streaming a folder: `--cache stream` trains exactly as `--cache ram`, `--limit` comes
+before any decoding, a resumed streamed run repeats the uninterrupted one, the run says
+which path it took, and every epoch reports its model FLOP/s (6 × MACs per image)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnndsl.training import data as data_module
+from cnndsl.training import images, splits
+from cnndsl.training.data import load_data
+from cnndsl.training.throughput import mfu, peak_tflops, train_tflops
+from helpers import run_main
+
+NET = "INPUT(3, 16, 16) -> CONV3-8 -> BN -> RELU -> POOL -> FC-3"
+
+
+def image_folder(root, per_class=12, sizes=((20, 24), (16, 16), (31, 17))):
+    """Three classes of coloured noise, PNG and JPEG, of mixed sizes, class c brighter in plane c."""
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            w, h = sizes[i % len(sizes)]
+            arr = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+            arr[..., c] += 120
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(arr).save(folder / f"img{i:03d}{suffix}")
+    return root
+
+
+def train(tmp_path, capsys, out, *flags):
+    status, out_text, err = run_main(capsys, "train", NET, "--data", f"folder:{tmp_path / 'imgs'}",
+                                     "--epochs", "2", "--batch-size", "8", "--seed", "3",
+                                     "--out", str(tmp_path / out), *flags)
+    assert status == 0, err
+    lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines], out_text
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return image_folder(tmp_path / "imgs")
+
+
+def test_streamed_and_in_memory_runs_are_the_same(tmp_path, folder, capsys):
+    # The same decoding (images.decode) feeds both paths, and batches are drawn from the
+    # same seeded order: on a CPU the two runs agree to the last bit.
+    ram, ram_log = train(tmp_path, capsys, "ram", "--cache", "ram")
+    stream, stream_log = train(tmp_path, capsys, "stream", "--cache", "stream", "--workers", "2")
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[m[k] for k in keys] for m in ram] == [[m[k] for k in keys] for m in stream]
+    assert "decoded into memory" in ram_log and "--cache ram" in ram_log
+    assert "streamed from disk (--cache stream)" in stream_log and "2 worker processes" in stream_log
+
+
+def test_a_resumed_streamed_run_repeats_the_uninterrupted_one(tmp_path, folder, capsys,
+                                                                monkeypatch):
+    whole, _ = train(tmp_path, capsys, "whole", "--cache", "stream", "--workers", "2",
+                     "--epochs", "3")
+    # The same run, interrupted (Ctrl-C) right after epoch 1 is written, with 1 worker ...
+    from cnndsl.training import loop
+    end_epoch = loop._end_epoch
+
+    def interrupted(run, metrics):
+        end_epoch(run, metrics)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_end_epoch", interrupted)
+    status, _, _ = run_main(capsys, "train", NET, "--data", f"folder:{folder}", "--epochs", "3",
+                            "--batch-size", "8", "--seed", "3", "--out", str(tmp_path / "parts"),
+                            "--cache", "stream", "--workers", "1")
+    assert status == 130
+    monkeypatch.setattr(loop, "_end_epoch", end_epoch)
+    # ... then resumed with 2 workers: the samples and their order come from (seed, epoch).
+    resumed, log = train(tmp_path, capsys, "parts", "--cache", "stream", "--workers", "2",
+                         "--epochs", "3", "--resume")
+    assert "resuming after epoch 1" in log
+    timing = ("seconds", "images_per_s", "train_tflops", "mfu", "data_wait")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
+    assert len(resumed) == 3 and strip(resumed) == strip(whole)
+
+
+def test_cache_auto_streams_when_a_crop_is_asked_for_per_sample(tmp_path, folder):
+    ds = load_data(f"folder:{folder}", (3, 16, 16), augment={"resized_crop": True})
+    assert isinstance(ds.train, splits.FileSplit) and "resized_crop" in ds.how
+    ds = load_data(f"folder:{folder}", (3, 16, 16))
+    assert isinstance(ds.train, splits.TensorSplit) and ds.train.x.dtype == torch.uint8
+    assert "fits a quarter of the memory" in ds.how
+
+
+def test_cache_auto_streams_a_set_too_large_for_memory(tmp_path, folder, monkeypatch):
+    monkeypatch.setattr(data_module.limits, "machine_memory", lambda device=None: 4 * 36 * 3 * 16 * 16 - 4)
+    ds = load_data(f"folder:{folder}", (3, 16, 16))
+    assert isinstance(ds.train, splits.FileSplit)
+    assert "more than a quarter of the memory" in ds.how
+
+
+def test_limit_applies_before_anything_is_decoded(tmp_path, folder, monkeypatch):
+    decoded = []
+    real = images.decode
+
+    def counting(path, *args, **kwargs):
+        decoded.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(splits, "decode", counting)
+    ds = load_data(f"folder:{folder}", (3, 16, 16), limit=5, val_fraction=0.2, cache="ram",
+                   workers=0)
+    assert (len(ds.train), len(ds.val)) == (4, 1)
+    # 5 training images and the test split (a seeded 20% of the 36): nothing else.
+    assert len(decoded) == 5 + len(ds.test) == 5 + round(36 * 0.2)
+
+
+def test_in_memory_sets_are_uint8_at_their_native_size(tmp_path):
+    ds = load_data("synthetic:40", (1, 8, 8))
+    assert ds.train.x.dtype == torch.float32   # synthetic images are not 8-bit
+    from test_data import write_mnist   # the IDX writer the data tests use
+    write_mnist(tmp_path)
+    mnist = load_data(f"mnist:{tmp_path}", (3, 224, 224), val_fraction=0.0)
+    assert mnist.train.x.dtype == torch.uint8 and tuple(mnist.train.x.shape[1:]) == (1, 28, 28)
+    assert tuple(mnist.train_x.shape[1:]) == (3, 224, 224)   # resized per batch
+    assert float(mnist.train_x.max()) <= 1.0
+
+
+def test_a_bad_image_in_a_worker_is_one_line(tmp_path, folder, capsys):
+    (folder / "class1" / "broken.png").write_bytes(b"not a png at all")
+    status, _, err = run_main(capsys, "train", NET, "--data", f"folder:{folder}", "--epochs", "1",
+                              "--cache", "stream", "--workers", "2", "--out", str(tmp_path / "bad"))
+    assert status == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "broken.png" in err
+
+
+def test_flops_per_epoch_are_six_times_the_macs_per_image(tmp_path, folder, capsys):
+    metrics, _ = train(tmp_path, capsys, "speed", "--cache", "ram")
+    macs = 16 * 16 * 8 * 3 * 3 * 3 + 8 * 8 * 8 * 3   # CONV3-8 on 3×16×16, then FC-3 on 8×8×8
+    for m in metrics:
+        images_per_s = m["images_per_s"]
+        assert m["train_tflops"] == pytest.approx(6 * macs * images_per_s / 1e12, rel=1e-2)
+        assert m["mfu"] is None                      # a CPU has no bf16 peak in the table
+        assert 0.0 <= m["data_wait"] <= 1.0
+    summary = json.loads((tmp_path / "speed" / "summary.json").read_text())
+    assert summary["train_tflops"] > 0 and summary["mfu"] is None
+
+
+def test_peak_table_and_mfu():
+    # Dense bf16 peaks from NVIDIA's data sheets (H100 SXM: 989.4 TFLOP/s; A100: 312).
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("Some Future GPU") is None
+    assert mfu(train_tflops(10 ** 9, 1000, 1.0), 989.0) == pytest.approx(6e12 / 989e12)
+    assert mfu(None, 989.0) is None and mfu(5.0, None) is None
