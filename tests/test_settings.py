@@ -31,6 +31,7 @@ QUICK = ["--data", "synthetic:64", "--epochs", "1", "--limit", "32"]
 # Config's fields and defaults: those before the table, plus cache and workers since.
 FIELDS_BEFORE = {
     "data": "digits", "val_fraction": 0.1, "limit": None, "cache": "auto", "workers": None,
+    "skip_bad_images": False,
     "augment": {}, "init": "default",
     "init_from": None, "freeze": None, "strict": False, "epochs": 10, "batch_size": 64,
     "optimizer": "sgd", "lr": None, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
@@ -47,7 +48,7 @@ FLAGS_BEFORE = {
     "--no-channels-last": "channels_last", "--compile": "compile", "--init-from": "init_from",
     "--freeze": "freeze", "--strict": "strict",
     # added with streaming data (a folder read from disk in worker processes)
-    "--cache": "cache", "--workers": "workers",
+    "--cache": "cache", "--workers": "workers", "--skip-bad-images": "skip_bad_images",
 }
 
 
@@ -186,7 +187,7 @@ def test_spec_only_and_flag_only_settings():
     flag_only = {s.name for s in SETTINGS if s.flag_only}
     assert spec_only == {"step_size", "gamma", "augment"}
     assert flag_only == {"limit", "device", "bf16", "channels_last", "compile", "init_from",
-                         "freeze", "strict", "cache", "workers"}
+                         "freeze", "strict", "cache", "workers", "skip_bad_images"}
 
 
 def readme_rows() -> list[list[str]]:

@@ -154,3 +154,87 @@ def test_peak_table_and_mfu():
     assert peak_tflops("Some Future GPU") is None
     assert mfu(train_tflops(10 ** 9, 1000, 1.0), 989.0) == pytest.approx(6e12 / 989e12)
     assert mfu(None, 989.0) is None and mfu(5.0, None) is None
+
+
+@pytest.mark.parametrize("cache", ["stream", "ram"])
+def test_skip_bad_images_counts_and_goes_on(tmp_path, folder, capsys, cache):
+    (folder / "class1" / "broken.png").write_bytes(b"not a png at all")
+    (folder / "class2" / "empty.jpg").write_bytes(b"")
+    status, out, err = run_main(capsys, "train", NET, "--data", f"folder:{folder}", "--epochs", "1",
+                                "--cache", cache, "--workers", "2", "--skip-bad-images",
+                                "--out", str(tmp_path / "skip"))
+    assert status == 0, err
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["skipped_images"] == 2
+    assert "skipped 2 images that could not be decoded" in out and "broken.png" in out
+    if cache == "ram":   # held in memory, they are replaced once, at decoding, and said so
+        assert "2 could not be decoded and were replaced" in out
+
+
+def test_a_batch_keeps_its_size_when_an_image_is_bad(tmp_path, folder):
+    (folder / "class0" / "img000.jpg").write_bytes(b"garbage")   # replace a good one
+    ds = load_data(f"folder:{folder}", (3, 16, 16), cache="stream", workers=0, val_fraction=0.0,
+                   skip_bad=True)
+    batches = [torch.arange(8), torch.arange(8, 16)]
+    sizes = [len(y) for _, y in ds.train.batches(batches)]
+    assert sizes == [8, 8] and len(ds.train.skipped) == 1
+
+
+def test_cache_ram_refuses_what_cannot_fit(tmp_path, folder, monkeypatch):
+    from cnndsl.errors import CnnDslError
+    monkeypatch.setattr(data_module.limits, "machine_memory", lambda device=None: 10_000)
+    with pytest.raises(CnnDslError, match="--cache ram: decoded, the images would take"):
+        load_data(f"folder:{folder}", (3, 16, 16), cache="ram")
+
+
+def test_ddp_streams_each_process_its_share(tmp_path, folder):
+    # torchrun, gloo, 2 processes with a worker each: the streamed run equals the run held
+    # in memory (each process decodes only its half of every batch).
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    def ddp(out, *flags):
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+             "-m", "cnndsl", "train", NET, "--data", f"folder:{folder}", "--epochs", "2",
+             "--batch-size", "8", "--out", str(tmp_path / out), *flags],
+            capture_output=True, text=True, cwd=ROOT, timeout=240,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "cpu ×2 (DDP)" in run.stdout
+        lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items()
+                 if k in ("train_loss", "train_acc", "val_loss", "val_acc")} for line in lines]
+
+    assert ddp("stream", "--cache", "stream", "--workers", "1") == ddp("ram", "--cache", "ram")
+
+
+def test_webdataset_shards_train_as_the_same_images_in_a_folder(tmp_path, folder, capsys):
+    # The folder's images, in its order (classes sorted, files sorted), as two WebDataset
+    # shards: `key.jpg|png` + `key.cls`. Read by random access, they give the same run.
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    samples = [(c, path) for c, d in enumerate(sorted(folder.iterdir())) for path in sorted(d.iterdir())]
+    for k, part in enumerate((samples[:20], samples[20:])):
+        with tarfile.open(shards / f"train-{k:03d}.tar", "w") as tar:
+            for c, path in part:
+                key = f"{c}_{path.stem}"
+                tar.add(path, arcname=key + path.suffix)
+                label = tmp_path / "label"
+                label.write_text(str(c))
+                tar.add(label, arcname=key + ".cls")
+    (shards / "classes.txt").write_text("class0\nclass1\nclass2\n")
+    from_folder, _ = train(tmp_path, capsys, "folder", "--cache", "stream", "--workers", "2")
+    status, out, err = run_main(capsys, "train", NET, "--data", f"wds:{shards}", "--epochs", "2",
+                                "--batch-size", "8", "--seed", "3", "--out", str(tmp_path / "wds"),
+                                "--cache", "stream", "--workers", "2")
+    assert status == 0, err
+    assert "36 images in 2 shards" in out
+    from_shards = [json.loads(line) for line in (tmp_path / "wds" / "metrics.jsonl").read_text().splitlines()]
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[m[k] for k in keys] for m in from_shards] == [[m[k] for k in keys] for m in from_folder]

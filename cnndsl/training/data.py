@@ -16,6 +16,7 @@ Source forms (the `--data` argument):
 * `mnist:DIR`      the four IDX files of MNIST / Fashion-MNIST / KMNIST (plain or .gz).
 * `cifar10:DIR`    the CIFAR-10 *binary* version (`data_batch_1.bin` …, `test_batch.bin`).
 * `folder:DIR`     one sub-folder of PNG/JPEG images per class (optionally train/ test/).
+* `wds:SPEC`       WebDataset tar shards (a folder of train-*.tar …, or a {a..b} pattern).
 * `synthetic[:N]`  N seeded random images with learnable class structure (smoke tests).
 
 A user's mistake (missing folder, truncated file, unknown form) is a one-line
@@ -37,7 +38,7 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ class DataSplits:
     class_names: list[str]
     name: str
     how: str = ""   # one line: held in memory or streamed, and why
+    skipped: set = field(default_factory=set)   # files that could not be decoded (--skip-bad-images)
+
+    def skipped_files(self) -> list[str]:
+        """Every file skipped so far: at decoding (in memory), or while streaming."""
+        streamed = (getattr(s, "skipped", set()) for s in (self.train, self.val, self.test))
+        return sorted(self.skipped.union(*streamed))
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +110,7 @@ class Options:
     limit: int | None = None
     cache: str = "auto"            # auto | ram | stream (folders only)
     workers: int = 0               # DataLoader worker processes for a streamed folder
+    skip_bad: bool = False         # a file that cannot be decoded is counted, not fatal
     augment: dict | None = None    # a spec's `augment:`; `resized_crop` is per sample
     index_dir: Path | None = None  # where a folder's index is cached
 
@@ -124,6 +132,9 @@ def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: f
     if c not in (1, 3):
         raise CnnDslError(f"data sets provide 1- or 3-channel images; the network wants {c}")
     kind, arg, name = _parse_source(source)
+    if kind == "wds":   # tar shards, indexed and read by random access (shards.py)
+        from .shards import shard_splits   # here: shards.py uses this module's helpers
+        return shard_splits(arg, name, (c, h, w), opts)
     if SOURCES[kind].load is None:
         return _folder_splits(arg, name, (c, h, w), opts)
     if (opts.augment or {}).get("resized_crop"):
@@ -387,17 +398,28 @@ def _folder_splits(arg: str, name: str, shape, opts: Options) -> DataSplits:
     index = index_folder(d, opts.index_dir)
     parts = _folder_parts(index, opts)
     recipe = Recipe.from_augment(opts.augment or {})
-    streamed = [FileSplit(files, y, shape, recipe, opts.seed, opts.workers) for files, y in parts]
+    streamed = [FileSplit(files, y, shape, recipe, opts.seed, opts.workers, opts.skip_bad)
+                for files, y in parts]
+    return held_or_streamed(streamed, index.class_names, name, "", recipe, opts)
+
+
+def held_or_streamed(streamed: list, class_names, name: str, where: str, recipe,
+                     opts: Options) -> DataSplits:
+    """Splits of files (a folder's, or tar shards') decoded once into memory, or left to
+    stream, as `--cache` says; `where` adds to the log line (" in 12 shards")."""
     n = sum(len(s) for s in streamed)
-    mode, why = _cache_choice(opts.cache, n * math.prod(shape), recipe)
-    how = f"{name}: {n:,} images, {why}"
+    mode, why = _cache_choice(opts.cache, n * math.prod(streamed[0].shape), recipe)
+    how = f"{name}: {n:,} images{where}, {why}"
     if mode == "stream":
-        return DataSplits(*streamed, list(index.class_names), name,
+        return DataSplits(*streamed, list(class_names), name,
                           f"{how}; decoded by {opts.workers or 'no'} worker process"
                           f"{'es' if opts.workers != 1 else ''}")
-    fit = functools.partial(_fit, shape=shape, name=name)
+    fit = functools.partial(_fit, shape=streamed[0].shape, name=name)
     held = [TensorSplit(_decode_all(s), s.y, fit) for s in streamed]
-    return DataSplits(*held, list(index.class_names), name, how)
+    skipped = set().union(*(s.skipped for s in streamed))
+    if skipped:   # with --skip-bad-images: each replaced by another image of its batch
+        how += f"; {len(skipped)} could not be decoded and were replaced (first: {min(skipped)})"
+    return DataSplits(*held, list(class_names), name, how, skipped)
 
 
 def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
@@ -430,13 +452,18 @@ def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
 
 def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
     """ram or stream, and the reason, in words for the run's log."""
+    memory = limits.machine_memory() or 8 * limits.GiB
     if cache == "ram":
+        if nbytes > memory // 2:   # asked for, but it would take the machine down
+            raise CnnDslError(f"--cache ram: decoded, the images would take "
+                              f"{limits.human_bytes(nbytes)}, more than half of this machine's "
+                              f"{limits.human_bytes(memory)}; use --cache stream (or auto)")
         return "ram", f"decoded into memory ({limits.human_bytes(nbytes)} as uint8; --cache ram)"
     if cache == "stream":
         return "stream", "streamed from disk (--cache stream)"
     if recipe.resized_crop:
         return "stream", "streamed from disk: augment.resized_crop crops every image anew each epoch"
-    budget = (limits.machine_memory() or 8 * limits.GiB) // 4
+    budget = memory // 4
     if nbytes <= budget:
         return "ram", (f"decoded into memory: {limits.human_bytes(nbytes)} as uint8 fits a quarter "
                        f"of the memory, {limits.human_bytes(budget)} (--cache auto)")
@@ -444,7 +471,7 @@ def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
                       f"more than a quarter of the memory, {limits.human_bytes(budget)} (--cache auto)")
 
 
-def _decode_all(split: FileSplit) -> torch.Tensor:
+def _decode_all(split) -> torch.Tensor:
     """Every image of a split, decoded (in the split's worker processes) into one uint8 tensor."""
     out = torch.empty((len(split), *split.shape), dtype=torch.uint8)
     batches = list(torch.arange(len(split)).split(256))
@@ -496,6 +523,7 @@ SOURCES = {
     "mnist": Source("mnist:DIR", "dir", _load_mnist),
     "cifar10": Source("cifar10:DIR", "dir", _load_cifar10),
     "folder": Source("folder:DIR", "dir"),
+    "wds": Source("wds:SPEC", "dir"),   # WebDataset .tar shards: a folder or a {a..b} pattern
     "synthetic": Source("synthetic[:N]", "optional", _load_synthetic),
 }
 SOURCE_FORMS = tuple(s.form for s in SOURCES.values())

@@ -272,17 +272,30 @@ def decode(path: str | Path, channels: int, size: tuple[int, int], *, train: boo
            recipe: Recipe, seed: int) -> torch.Tensor:
     """The image at `path` as uint8 `channels`×H×W, transformed by `recipe` (see the
     module doc): random crop and flip when `train`, resize + centre crop otherwise."""
+    _check_target(channels, size)
+    with _reading(path), open_regular(path) as f:
+        return decode_file(f, path, channels, size, train=train, recipe=recipe, seed=seed)
+
+
+def decode_file(f, name, channels: int, size: tuple[int, int], *, train: bool, recipe: Recipe,
+                seed: int) -> torch.Tensor:
+    """`decode` of an open binary file (a tar member's bytes in a BytesIO, say); `name`
+    is what errors call it."""
+    _check_target(channels, size)
+    # operator.index: a numpy or torch integer seed works too (Random refuses them), and
+    # Random(int) seeds the same way in every process (no hash randomisation).
+    rng = random.Random(operator.index(seed))
+    with _reading(name):
+        im = _transformed(f, name, _MODES[channels], tuple(int(v) for v in size), train, recipe, rng)
+    return _to_tensor(im)
+
+
+def _check_target(channels: int, size) -> None:
     if channels not in _MODES:
         raise CnnDslError(f"images are decoded with 1 or 3 channels, not {channels}")
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
         raise CnnDslError(f"images are decoded to a positive size, not {h}×{w}")
-    # operator.index: a numpy or torch integer seed works too (Random refuses them), and
-    # Random(int) seeds the same way in every process (no hash randomisation).
-    rng = random.Random(operator.index(seed))
-    with _reading(path), open_regular(path) as f:
-        im = _transformed(f, path, _MODES[channels], (h, w), train, recipe, rng)
-    return _to_tensor(im)
 
 
 class _reading:

@@ -28,7 +28,8 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     rt = start_runtime(config)
     data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
                      seed=config.seed, limit=config.limit, cache=config.cache,
-                     workers=worker_count(config.workers), augment=config.augment)
+                     workers=worker_count(config.workers), augment=config.augment,
+                     skip_bad=config.skip_bad_images)
     if data.num_classes > len(state["class_names"]) and layer is None:
         raise CnnDslError(f"'{data.name}' has {data.num_classes} classes; {args.checkpoint} was "
                           f"trained on {len(state['class_names'])}")

@@ -95,6 +95,7 @@ def _train(run: Run, resume: dict | None) -> dict:
     run.data = data = load_data(c.data, analysis.input_shape, val_fraction=c.val_fraction,
                                 seed=c.seed, limit=c.limit, cache=c.cache,
                                 workers=worker_count(c.workers), augment=c.augment,
+                                skip_bad=c.skip_bad_images,
                                 index_dir=run.out if rt.is_main else None)
     _check_classes(analysis, data)
     # "Center (subtract mean from) your data" (the notes): per-channel mean and std of
@@ -470,6 +471,11 @@ def _finish(run: Run) -> dict:
     }
     if d.num_classes > 5:
         summary["test_top5"] = test["top5"]
+    skipped = d.skipped_files()
+    summary["skipped_images"] = len(skipped)   # --skip-bad-images: files that could not be decoded
+    if skipped and run.rt.is_main:
+        run.report.line(f"skipped {len(skipped)} image{'s' * (len(skipped) > 1)} that could not be "
+                        f"decoded (each replaced by another of its batch); first: {skipped[0]}")
     if run.rt.is_main:
         text = rundir.dumps(summary, indent=2) + "\n"   # NaN / inf as null
         checkpoint.atomic_write(run.out / "summary.json", lambda f: f.write(text.encode()))

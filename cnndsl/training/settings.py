@@ -72,7 +72,7 @@ SETTINGS = (
     # data
     Setting("data", str, "digits", "a cnndsl.data source; scikit-learn's digits need no download",
             key="data", flag="--data",
-            help="digits | mnist:DIR | cifar10:DIR | folder:DIR | synthetic[:N] "
+            help="digits | mnist:DIR | cifar10:DIR | folder:DIR | wds:SPEC | synthetic[:N] "
                  "(default: the spec's, else digits)"),
     Setting("val_fraction", float, 0.1, "training images held out to pick the best epoch (the "
             "notes: \"use cross-validation for your parameters\")",
@@ -90,6 +90,10 @@ SETTINGS = (
             "CPU cores this process may use, less one", flag="--workers", metavar="N",
             help="processes decoding a streamed folder (default: the usable cores less one)",
             bounds=(("≥", 0), ("≤", 1024)), none_ok=True),
+    Setting("skip_bad_images", bool, False, "an image file that cannot be decoded is counted and "
+            "replaced by another image of its batch instead of stopping the run",
+            flag="--skip-bad-images",
+            help="count images that cannot be decoded and go on, instead of stopping"),
     Setting("augment", dict, {}, "the notes' \"create virtual training data\": hflip, crop, "
             "jitter, affine (see augment.py)", key="augment", check=_augment),
     # model

@@ -10,8 +10,8 @@ network's input shape). The training loop and `evaluate` see nothing else.
   adapted and images resized per batch, on the device. Fast, and small enough to live
   on the GPU; MNIST at 224×224 costs 47 MB, not 9 GB.
 * `FileSplit` — image files, decoded and transformed per sample in `DataLoader` worker
-  processes (`--workers`), batches in pinned memory, prefetched; memory does not grow
-  with the number of images. Each sample's random crop is seeded from (seed, epoch,
+  processes (`--workers`, kept alive from epoch to epoch), batches in pinned memory,
+  four prefetched per worker; memory does not grow with the number of images. Each sample's random crop is seeded from (seed, epoch,
   index), so which worker decodes it does not matter: a run resumed at epoch e sees
   exactly the samples (and crops) of the uninterrupted run.
 """
@@ -61,34 +61,44 @@ class FileSplit:
     """Image files decoded in worker processes; `prepare` only scales to [0, 1]."""
 
     def __init__(self, files: list[str], y: torch.Tensor, shape: tuple[int, int, int],
-                 recipe: Recipe, seed: int, workers: int, on_bad=None):
+                 recipe: Recipe, seed: int, workers: int, skip_bad: bool = False):
         self.files, self.y, self.shape = files, y, tuple(shape)
         self.recipe, self.seed, self.workers = recipe, seed, workers
-        self.on_bad = on_bad
+        self.skip_bad = skip_bad
+        self.skipped: set[str] = set()   # what could not be decoded (with skip_bad), one line each
 
     def __len__(self) -> int:
         return len(self.y)
 
     def head(self, n: int) -> "FileSplit":
         return FileSplit(self.files[:n], self.y[:n], self.shape, self.recipe, self.seed,
-                         self.workers)
+                         self.workers, self.skip_bad)
 
     def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
-        """The batches, decoded by `workers` processes (none: in this one), in order."""
-        samples = _Samples(self, epoch, train)
-        batch_lists = [idx.tolist() for idx in index_batches]
-        if not batch_lists:
+        """The batches, decoded by `workers` processes (none: in this one), in order.
+
+        The workers persist from one call to the next (no start-up each epoch): the epoch
+        and the train/eval transform travel with each index, not in the workers' state."""
+        lists = [[(i, epoch, train) for i in idx.tolist()] for idx in index_batches]
+        if not lists:
             return iter(())
-        workers = min(self.workers, len(batch_lists))
-        loader = torch.utils.data.DataLoader(
-            samples, batch_sampler=batch_lists, num_workers=workers,
-            collate_fn=functools.partial(_stack, shape=self.shape), pin_memory=torch.cuda.is_available(),
-            # Its own generator: a DataLoader otherwise draws its workers' seed from the
-            # global RNG, and the model's initialisation would differ from a run in memory.
-            generator=torch.Generator().manual_seed(self.seed),
-            prefetch_factor=4 if workers else None, persistent_workers=False,
-            multiprocessing_context="fork" if workers and _can_fork() else None)
-        return _raising(loader)
+        loader = self._loader()
+        loader.batch_sampler.lists = lists
+        return _raising(iter(loader), self.skipped if self.skip_bad else None)
+
+    def _loader(self):
+        if getattr(self, "_cached_loader", None) is None:
+            workers = self.workers
+            self._cached_loader = torch.utils.data.DataLoader(
+                _Samples(self), batch_sampler=_Batches(), num_workers=workers,
+                collate_fn=functools.partial(_stack, shape=self.shape),
+                pin_memory=torch.cuda.is_available(),
+                # Its own generator: a DataLoader otherwise draws its workers' seed from the
+                # global RNG, and the model's initialisation would differ from a run in memory.
+                generator=torch.Generator().manual_seed(self.seed),
+                prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+                multiprocessing_context="fork" if workers and _can_fork() else None)
+        return self._cached_loader
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255.0)
@@ -101,21 +111,35 @@ class FileSplit:
         return 0
 
 
-class _Samples(torch.utils.data.Dataset):
-    """What a worker decodes: sample i of a FileSplit in epoch `epoch`."""
+class _Batches:
+    """The batch sampler of a persistent loader: the lists of the current call."""
 
-    def __init__(self, split: FileSplit, epoch: int, train: bool):
+    def __init__(self):
+        self.lists: list = []
+
+    def __iter__(self):
+        return iter(self.lists)
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+
+class _Samples(torch.utils.data.Dataset):
+    """What a worker decodes: item (i, epoch, train) is sample i of a FileSplit in that epoch."""
+
+    def __init__(self, split: FileSplit):
         self.files, self.y, self.shape = split.files, split.y, split.shape
-        self.recipe, self.seed, self.epoch, self.train = split.recipe, split.seed, epoch, train
+        self.recipe, self.seed = split.recipe, split.seed
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        i, epoch, train = item
         c, h, w = self.shape
         try:
-            x = decode(self.files[i], c, (h, w), train=self.train, recipe=self.recipe,
-                       seed=sample_seed(self.seed, self.epoch, i))
+            x = decode(self.files[i], c, (h, w), train=train, recipe=self.recipe,
+                       seed=sample_seed(self.seed, epoch, i))
         except CnnDslError as e:   # reported by the main process, in one line (_raising)
             return None, e.message
         return x, self.y[i]
@@ -128,24 +152,26 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def _stack(items, shape):
-    if not items:   # an empty index list (a split of no images): an empty batch
-        return torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    bad = next((message for x, message in items if x is None), None)
-    if bad is not None:
-        return _BAD, bad
-    xs, ys = zip(*items)
-    return torch.stack(xs), torch.stack(ys)
+    """A batch (x, y, messages): a sample that could not be decoded is replaced by another
+    of its batch (so every DDP process keeps the batch size) and its message kept."""
+    bad = [message for x, message in items if x is None]
+    good = [item for item in items if item[0] is not None]
+    if not good:   # an empty index list, or nothing decodable: an empty batch
+        return (torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), bad)
+    good += [good[i % len(good)] for i in range(len(bad))]
+    xs, ys = zip(*good)
+    return torch.stack(xs), torch.stack(ys), bad
 
 
-_BAD = "bad image"
-
-
-def _raising(loader):
-    """The loader's batches; a file a worker could not decode becomes a one-line error
-    here, in the main process (a worker's own exception would carry its traceback)."""
-    for x, y in loader:
-        if isinstance(x, str) and x == _BAD:
-            raise CnnDslError(y)
+def _raising(loader, skipped: set | None = None):
+    """The loader's (x, y); a file a worker could not decode is a one-line error here, in
+    the main process (a worker's own exception would carry its traceback) — or, when
+    `skipped` is given (--skip-bad-images), noted there and its place taken by another."""
+    for x, y, bad in loader:
+        if bad and (skipped is None or len(x) == 0):
+            raise CnnDslError(bad[0] if len(x) else f"no image of a batch could be read: {bad[0]}")
+        if bad:
+            skipped.update(bad)
         yield x, y
 
 
@@ -164,7 +190,7 @@ def split_stats(split, batch_size: int = 512, sample: int = 2000, seed: int = 0)
     if n == 0:
         raise CnnDslError("channel statistics need a non-empty training set")
     order = torch.arange(n)
-    if isinstance(split, FileSplit) and n > sample:
+    if not isinstance(split, TensorSplit) and n > sample:   # streamed: a sample
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
     batches = list(order.split(batch_size))
     total = squares = None
