@@ -238,3 +238,11 @@ def test_webdataset_shards_train_as_the_same_images_in_a_folder(tmp_path, folder
     from_shards = [json.loads(line) for line in (tmp_path / "wds" / "metrics.jsonl").read_text().splitlines()]
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     assert [[m[k] for k in keys] for m in from_shards] == [[m[k] for k in keys] for m in from_folder]
+
+
+def test_cache_auto_counts_every_process_on_the_machine(tmp_path, folder, monkeypatch):
+    # 36 images of 3×16×16 are 27,648 bytes: a quarter of 4× that fits one process, not two.
+    monkeypatch.setattr(data_module.limits, "machine_memory", lambda device=None: 4 * 27_648)
+    assert isinstance(load_data(f"folder:{folder}", (3, 16, 16)).train, splits.TensorSplit)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert isinstance(load_data(f"folder:{folder}", (3, 16, 16)).train, splits.FileSplit)

@@ -463,12 +463,19 @@ def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
         return "stream", "streamed from disk (--cache stream)"
     if recipe.resized_crop:
         return "stream", "streamed from disk: augment.resized_crop crops every image anew each epoch"
-    budget = memory // 4
+    # Every process torchrun starts on this machine holds its own copy.
+    budget = memory // 4 // _local_processes()
     if nbytes <= budget:
         return "ram", (f"decoded into memory: {limits.human_bytes(nbytes)} as uint8 fits a quarter "
                        f"of the memory, {limits.human_bytes(budget)} (--cache auto)")
     return "stream", (f"streamed from disk: decoded they would take {limits.human_bytes(nbytes)}, "
                       f"more than a quarter of the memory, {limits.human_bytes(budget)} (--cache auto)")
+
+
+def _local_processes() -> int:
+    """How many training processes share this machine (torchrun's LOCAL_WORLD_SIZE)."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 def _decode_all(split) -> torch.Tensor:
