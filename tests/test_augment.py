@@ -74,6 +74,11 @@ def test_build_augment_config():
         build_augment({"crop": 2.5})
     with pytest.raises(CnnDslError, match="jitter"):
         build_augment({"jitter": "lots"})
+    # Hostile sizes are refused before anything is allocated (a 1e300-pixel pad would be).
+    with pytest.raises(CnnDslError, match="up to 1024"):
+        build_augment({"crop": 1e300})
+    with pytest.raises(CnnDslError, match=r"got list"):
+        build_augment({"crop": [1] * 10_000})
 
 
 def test_ten_crop_views():

@@ -1,8 +1,8 @@
 """`cnndsl eval`: top-1/top-5 accuracy of a checkpoint, optionally with test-time augmentation."""
 from __future__ import annotations
 
-import json
 
+from ..training.rundir import dumps
 from .common import EXIT_OK, threads_sleep_when_idle
 
 
@@ -31,7 +31,7 @@ def run(args) -> int:
               "tta": args.tta, "top1": result["acc"], "top5": result["top5"],
               "loss": result["loss"], "images": result["n"]}
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))   # strict JSON: a diverged checkpoint's NaN loss is null
     elif result["images"] == 0:
         print(f"the {args.split} split of {result['data']} is empty")
     else:

@@ -100,6 +100,7 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, degrees: float = 10,
 AUGMENT_KEYS = ("hflip", "crop", "jitter", "affine")
 # Per-sample, at decoding (images.Recipe): a folder's images only; batches ignore it here.
 SAMPLE_KEYS = ("resized_crop",)
+MAX_CROP_PAD = 1024
 
 
 def build_augment(config: dict | None) -> Augment:
@@ -128,7 +129,8 @@ def build_augment(config: dict | None) -> Augment:
             raise CnnDslError(f"augment affine takes true or false, got {config['affine']!r}")
         steps.append(random_affine)
     if _on(config, "crop"):
-        pad = _number(config, "crop", 4, whole=True)
+        # A pad beyond the image itself crops mostly padding; 1024 px bounds what is allocated.
+        pad = _number(config, "crop", 4, whole=True, upper=MAX_CROP_PAD)
         steps.append(lambda x, g: random_crop(x, g, pad=pad))
     if _on(config, "hflip"):
         p = _number(config, "hflip", 0.5, upper=1.0)
@@ -163,8 +165,10 @@ def _number(config: dict, key: str, default: float, *, whole: bool = False,
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     ok = ok and (not whole or float(value).is_integer()) and (upper is None or value <= upper)
     if not ok:
-        kind = "a whole number of pixels" if whole else f"a number in (0, {upper}]"
-        raise CnnDslError(f"augment {key} takes true, false or {kind}, got {value!r}")
+        kind = (f"a whole number of pixels up to {upper}" if whole
+                else f"a number in (0, {upper}]")
+        shown = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+        raise CnnDslError(f"augment {key} takes true, false or {kind}, got {shown[:80]}")
     return int(value) if whole else float(value)
 
 
