@@ -325,3 +325,9 @@ def test_a_block_named_like_a_word_with_digits_is_fine():
 def test_expressions_are_bounded():
     with pytest.raises(CnnDslError, match="is larger than"):
         cnndsl.parse("b(n) = CONV3-{n*n*n*n*n}\nINPUT(3, 8, 8) -> b(99999)").analyze()
+
+
+def test_names_ending_in_a_digit_are_counted_after_an_underscore():
+    # `relu61` would read as the 61st relu; the reference: `relu6_1`, `stage1_2`.
+    net = layers("stage1 = CONV3-4 -> RELU6\nINPUT(3, 8, 8) -> stage1 -> stage1 -> RELU6")
+    assert {"stage1_1.conv1", "stage1_2.relu6_1", "relu6_1"} <= set(net)

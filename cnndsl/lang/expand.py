@@ -237,7 +237,9 @@ class _Scope:
 
     def name(self, key: str) -> str:
         self.counts[key] += 1
-        return f"{self.prefix}{key}{self.counts[key]}"
+        # `relu6` and a block `stage1` end in a digit: `relu6_2`, not the ambiguous `relu62`.
+        sep = "_" if key[-1:].isdigit() else ""
+        return f"{self.prefix}{key}{sep}{self.counts[key]}"
 
 
 class _Builder:
