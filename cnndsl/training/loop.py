@@ -96,7 +96,9 @@ def _train(run: Run, resume: dict | None) -> dict:
                                 seed=c.seed, limit=c.limit, cache=c.cache,
                                 workers=worker_count(c.workers), augment=c.augment,
                                 skip_bad=c.skip_bad_images,
-                                index_dir=run.out if rt.is_main else None)
+                                # Every rank reads (and, atomically, may write) the cached
+                                # index: indexing ImageNet once per process would cost minutes.
+                                index_dir=run.out)
     _check_classes(analysis, data)
     # "Center (subtract mean from) your data" (the notes): per-channel mean and std of
     # the training images, applied after augmentation and saved with the model.
