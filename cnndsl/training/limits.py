@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from .. import errors
 from ..errors import CnnDslError
 
 GiB = 2 ** 30
@@ -55,9 +56,9 @@ def checkpoint_budget() -> int:
 
 
 def clip(text: str, n: int = MAX_TEXT) -> str:
-    """At most `n` characters of `text` (a str: never call str() on a hostile object)."""
-    text = text if isinstance(text, str) else f"<{type(text).__name__}>"
-    return text if len(text) <= n else text[:n - 3] + "..."
+    """At most `n` characters of `text` (errors.clip); anything but a str is shown by its
+    type alone: never call str() on a hostile object."""
+    return errors.clip(text if isinstance(text, str) else f"<{type(text).__name__}>", n)
 
 
 def human_bytes(n: int) -> str:
