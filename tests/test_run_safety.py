@@ -396,3 +396,20 @@ def test_best_is_written_before_last_and_never_behind_it(tmp_path, capsys, monke
         if (out / "last.pt").exists():
             assert train(capsys, *args, "--out", out, "--resume")[0] == 0
             assert checkpoint.load(out / "best.pt")["epoch"] == 2
+
+
+def test_overwrite_removes_the_old_runs_checkpoints_once_the_new_one_starts(tmp_path, capsys):
+    # A run that diverges in its first epoch after --overwrite must not leave the old
+    # last.pt beside the new (empty) metrics: the folder would describe two runs at once.
+    from cnndsl.cli import main
+
+    net, out = "INPUT(1, 8, 8) -> CONV3-4 -> RELU -> FC-10", tmp_path / "run"
+    common = ["--data", "synthetic:64", "--epochs", "1", "--out", str(out)]
+    assert main(["train", net, *common]) == 0
+    assert (out / "last.pt").exists() and (out / "summary.json").exists()
+    status = main(["train", net, *common, "--overwrite", "--lr", "1e30"])
+    capsys.readouterr()
+    assert status == 1   # diverged
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+    assert not (out / "summary.json").exists()
+    assert (out / "metrics.jsonl").read_text() == ""

@@ -127,6 +127,10 @@ def _train(run: Run, resume: dict | None) -> dict:
     if resume is not None:
         _restore(run, resume)
     truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt, say=run.report.line)
+    if resume is None and rt.is_main:
+        # --overwrite: the old run's files go now that this one can start (data and model
+        # are ready), so the folder never mixes the old checkpoints with new metrics.
+        rundir.remove_outputs(run.out)
     _announce(run, frozen)
 
     # --- the loop: train an epoch, validate, log, checkpoint --------------------------

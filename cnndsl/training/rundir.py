@@ -139,3 +139,13 @@ def dumps(value, **kwargs) -> str:
     import json
 
     return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+OUTPUTS = ("last.pt", "best.pt", "summary.json")   # what a run writes, besides metrics.jsonl
+
+
+def remove_outputs(out: Path) -> None:
+    """Remove a previous run's checkpoints and summary (only those: nothing else in DIR)."""
+    for name in OUTPUTS:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
