@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..errors import CnnDslError, did_you_mean
 from . import limits
 from .images import one_line, open_regular
-from .splits import FileSplit, TensorSplit
+from .splits import FileSplit, TensorSplit, split_stats
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -173,18 +173,11 @@ def _whole(split) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) std over N, H, W, for centring the inputs.
-
-    Accumulated in float64 so 60 000 images do not lose precision. The std is
-    clamped to at least 1e-3 so a constant channel (say, a blank border plane)
-    does not turn normalisation into a division by zero.
-    """
+    """Per-channel mean and (population) std of N×C×H×W images in [0, 1]: `split_stats`
+    (the one computation training uses) of the images as an in-memory split."""
     if x.dim() != 4 or x.shape[0] == 0:
         raise CnnDslError("channel statistics need a non-empty N×C×H×W training set")
-    x64 = x.detach().to(torch.float64)
-    mean = x64.mean(dim=(0, 2, 3))
-    std = x64.std(dim=(0, 2, 3), correction=0).clamp_min(1e-3)
-    return mean.float(), std.float()
+    return split_stats(TensorSplit(x, torch.zeros(len(x), dtype=torch.int64), lambda b: b))
 
 
 # --- choosing a loader ---------------------------------------------------------------
