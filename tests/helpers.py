@@ -12,6 +12,21 @@ from cnndsl.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SPECS_DIR = ROOT / "specs"
 
+
+def memory_limit_prelude(margin: int) -> str:
+    """Python source for a hostile-input child: import torch and cnndsl's training side
+    first (their mapping depends on the build: about 0.7 GiB of address space for torch's
+    CPU wheel, 3 GiB for its CUDA wheel), then limit the address space (RLIMIT_AS) to what
+    is mapped plus `margin`, so that a bomb fails the same way with either build."""
+    return f"""\
+import resource, sys
+sys.path.insert(0, {str(ROOT)!r})
+import numpy, PIL.Image, torch, torch.fx, torch.utils.data
+import cnndsl.cli, cnndsl.training.data, cnndsl.training.checkpoint
+_mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (_mapped + {margin}, _mapped + {margin}))
+"""
+
 # The YAML spec of docs/language.md's "Files" section: VGG-16, configuration D.
 VGG16_YAML = """\
 name: vgg16

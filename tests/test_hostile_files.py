@@ -2,7 +2,7 @@
 hang us or run code.
 
 Every check that reads a hostile file runs in a subprocess under an address-space limit
-(`LIMIT`, far below what the bombs would inflate to) and a timeout, so a regression fails
+(`MARGIN` beyond what the imports map, far below what the bombs would inflate to) and a timeout, so a regression fails
 fast with a MemoryError or a timeout instead of taking the machine down. Each asserts
 the exit status, no traceback, and a one-line message that says what is wrong.
 """
@@ -26,20 +26,17 @@ from PIL import Image
 from cnndsl.cli import main
 from cnndsl.errors import CnnDslError
 from cnndsl.training import checkpoint, limits
+from helpers import memory_limit_prelude
 
 ROOT = Path(__file__).resolve().parent.parent
-# `import torch, cnndsl` maps ~0.7 GiB of address space; `cnndsl eval` of a tiny net runs in 1.0 GiB.
-# The bombs below would need more than 4 GB.
-LIMIT = int(1.5 * 2 ** 30)
+# Address space beyond what `import torch, cnndsl` maps (`cnndsl eval` of a tiny net needs
+# ~0.3 GiB more). The bombs below would need more than 4 GB.
+MARGIN = 2 ** 30
 TIMEOUT = 120
 BOMB_BYTES = 4_400_000_000
 MiB = 2 ** 20
 
-PRELUDE = f"""\
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, ({LIMIT}, {LIMIT}))
-sys.path.insert(0, {str(ROOT)!r})
-"""
+PRELUDE = memory_limit_prelude(MARGIN)
 
 # As the CLI does (cli.main): a CnnDslError is its message on stderr and exit status 2.
 LOAD_DATA = """\

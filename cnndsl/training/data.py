@@ -17,6 +17,8 @@ Source forms (the `--data` argument):
 * `cifar10:DIR`    the CIFAR-10 *binary* version (`data_batch_1.bin` …, `test_batch.bin`).
 * `folder:DIR`     one sub-folder of PNG/JPEG images per class (optionally train/ test/).
 * `wds:SPEC`       WebDataset tar shards (a folder of train-*.tar …, or a {a..b} pattern).
+* `wds:pipe:CMD`   WebDataset tar shards streamed from commands, one per shard (a pattern);
+                   only ever from the `--data` flag (pipe_shards).
 * `synthetic[:N]`  N seeded random images with learnable class structure (smoke tests).
 
 A user's mistake (missing folder, truncated file, unknown form) is a one-line
@@ -132,9 +134,11 @@ def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: f
     if c not in (1, 3):
         raise CnnDslError(f"data sets provide 1- or 3-channel images; the network wants {c}")
     kind, arg, name = _parse_source(source)
-    if kind == "wds":   # tar shards, indexed and read by random access (shards.py)
-        from .shards import shard_splits   # here: shards.py uses this module's helpers
-        return shard_splits(arg, name, (c, h, w), opts)
+    if kind == "wds":   # tar shards: files read by random access, or commands streamed
+        from .pipe_shards import runs_command
+        from .shards import pipe_splits, shard_splits   # here: shards.py uses this module
+        read = pipe_splits if runs_command(source) else shard_splits
+        return read(arg, name, (c, h, w), opts)
     if SOURCES[kind].load is None:
         return _folder_splits(arg, name, (c, h, w), opts)
     if (opts.augment or {}).get("resized_crop"):
@@ -397,11 +401,12 @@ def _folder_splits(arg: str, name: str, shape, opts: Options) -> DataSplits:
 
 
 def held_or_streamed(streamed: list, class_names, name: str, where: str, recipe,
-                     opts: Options) -> DataSplits:
+                     opts: Options, medium: str = "disk") -> DataSplits:
     """Splits of files (a folder's, or tar shards') decoded once into memory, or left to
-    stream, as `--cache` says; `where` adds to the log line (" in 12 shards")."""
+    stream, as `--cache` says; `where` adds to the log line (" in 12 shards"), `medium`
+    says what they stream from."""
     n = sum(len(s) for s in streamed)
-    mode, why = _cache_choice(opts.cache, n * math.prod(streamed[0].shape), recipe)
+    mode, why = _cache_choice(opts.cache, n * math.prod(streamed[0].shape), recipe, medium)
     how = f"{name}: {n:,} images{where}, {why}"
     if mode == "stream":
         return DataSplits(*streamed, list(class_names), name,
@@ -413,6 +418,9 @@ def held_or_streamed(streamed: list, class_names, name: str, where: str, recipe,
     if skipped:   # with --skip-bad-images: each replaced by another image of its batch
         how += f"; {len(skipped)} could not be decoded and were replaced (first: {min(skipped)})"
     return DataSplits(*held, list(class_names), name, how, skipped)
+
+
+TEST_FRACTION = 0.2   # of the training images (a pipe: source: shards) that test, without a test set
 
 
 def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
@@ -429,7 +437,7 @@ def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
     test_name = next((s for s in ("test", "val") if s in index.splits), None)
     val = None
     if test_name is None:
-        kept, held = _carve_indices(len(train[1]), 0.2, opts.seed)
+        kept, held = _carve_indices(len(train[1]), TEST_FRACTION, opts.seed)
         train, test = part(*train, kept), part(*train, held)
     else:
         test = part(*index.splits[test_name])
@@ -443,8 +451,8 @@ def _folder_parts(index, opts: Options) -> list[tuple[list[str], torch.Tensor]]:
     return [train, val, test]
 
 
-def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
-    """ram or stream, and the reason, in words for the run's log."""
+def _cache_choice(cache: str, nbytes: int, recipe, medium: str = "disk") -> tuple[str, str]:
+    """ram or stream, and the reason, in words for the run's log (streamed from `medium`)."""
     memory = limits.machine_memory() or 8 * limits.GiB
     if cache == "ram":
         if nbytes > memory // 2:   # asked for, but it would take the machine down
@@ -453,15 +461,15 @@ def _cache_choice(cache: str, nbytes: int, recipe) -> tuple[str, str]:
                               f"{limits.human_bytes(memory)}; use --cache stream (or auto)")
         return "ram", f"decoded into memory ({limits.human_bytes(nbytes)} as uint8; --cache ram)"
     if cache == "stream":
-        return "stream", "streamed from disk (--cache stream)"
+        return "stream", f"streamed from {medium} (--cache stream)"
     if recipe.resized_crop:
-        return "stream", "streamed from disk: augment.resized_crop crops every image anew each epoch"
+        return "stream", f"streamed from {medium}: augment.resized_crop crops every image anew each epoch"
     # Every process torchrun starts on this machine holds its own copy.
     budget = memory // 4 // _local_processes()
     if nbytes <= budget:
         return "ram", (f"decoded into memory: {limits.human_bytes(nbytes)} as uint8 fits a quarter "
                        f"of the memory, {limits.human_bytes(budget)} (--cache auto)")
-    return "stream", (f"streamed from disk: decoded they would take {limits.human_bytes(nbytes)}, "
+    return "stream", (f"streamed from {medium}: decoded they would take {limits.human_bytes(nbytes)}, "
                       f"more than a quarter of the memory, {limits.human_bytes(budget)} (--cache auto)")
 
 
@@ -523,7 +531,7 @@ SOURCES = {
     "mnist": Source("mnist:DIR", "dir", _load_mnist),
     "cifar10": Source("cifar10:DIR", "dir", _load_cifar10),
     "folder": Source("folder:DIR", "dir"),
-    "wds": Source("wds:SPEC", "dir"),   # WebDataset .tar shards: a folder or a {a..b} pattern
+    "wds": Source("wds:SPEC", "dir"),   # WebDataset .tar shards: a folder, a {a..b} pattern, pipe:CMD
     "synthetic": Source("synthetic[:N]", "optional", _load_synthetic),
 }
 SOURCE_FORMS = tuple(s.form for s in SOURCES.values())

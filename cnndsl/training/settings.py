@@ -72,8 +72,8 @@ SETTINGS = (
     # data
     Setting("data", str, "digits", "a cnndsl.data source; scikit-learn's digits need no download",
             key="data", flag="--data",
-            help="digits | mnist:DIR | cifar10:DIR | folder:DIR | wds:SPEC | synthetic[:N] "
-                 "(default: the spec's, else digits)"),
+            help="digits | mnist:DIR | cifar10:DIR | folder:DIR | wds:SPEC | wds:pipe:CMD | "
+                 "synthetic[:N] (default: the spec's, else digits)"),
     Setting("val_fraction", float, 0.1, "training images held out to pick the best epoch (the "
             "notes: \"use cross-validation for your parameters\")",
             key="val_fraction", flag="--val-fraction",
@@ -102,7 +102,8 @@ SETTINGS = (
             key="init", flag="--init", choices=INIT_SCHEMES),
     Setting("init_from", str, None, "transfer learning (the notes): start from a checkpoint's "
             "weights wherever names and shapes match", flag="--init-from", metavar="CKPT",
-            help="start from the weights of CKPT that match by name and shape"),
+            help="start from the weights of CKPT that match by name and shape; "
+                 "torchvision:NAME or a torchvision .pth: all of them, by graph order"),
     Setting("freeze", str, None, "... and keep layers up to this one fixed, fine-tuning the rest "
             "(batch-norm statistics there still follow the new data)", flag="--freeze",
             metavar="UPTO_LAYER", help="keep layers up to and including this one fixed"),
@@ -174,17 +175,28 @@ Config.__module__ = __name__
 def make_config(spec, flags: dict | None = None, base: dict | None = None) -> Config:
     """Defaults ← the spec's `train:` section ← `flags` (Config field → value, None = not given).
 
-    `base` (a resumed checkpoint's config) replaces defaults and spec together.
+    `base` (a resumed checkpoint's config) replaces defaults and spec together. A data
+    source that runs a command (`wds:pipe:…`) is taken from `flags` alone: a spec or a
+    checkpoint may come from anyone.
     """
     values = asdict(Config())
+    origin = None   # where `data` came from, when not from the defaults: (words, span)
     if base is not None:
         values.update((k, v) for k, v in base.items() if k in values)
+        origin = ("the checkpoint's stored config", None)
     elif spec is not None:
-        for name, (value, span) in _spec_settings(spec).items():
+        settings = _spec_settings(spec)
+        for name, (value, span) in settings.items():
             values[name] = check_value(BY_NAME[name], value, span)
+        if "data" in settings:
+            origin = ("the spec's train: data:", settings["data"][1])
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = check_value(BY_NAME[name], value, None)
+    if origin is not None and (flags or {}).get("data") is None:
+        from .pipe_shards import refuse_command_source   # torch-free
+
+        refuse_command_source(values["data"], *origin)
     config = Config(**values)
     if config.lr is None:
         config.lr = 0.01 if config.optimizer == "sgd" else 1e-3

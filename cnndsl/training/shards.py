@@ -1,13 +1,16 @@
-"""WebDataset tar shards on local disk (`--data wds:SPEC`), read by random access.
+"""WebDataset tar shards (`--data wds:SPEC`): local files read by random access
+(`ShardSplit`), or commands' output streamed (`wds:pipe:COMMAND`, `PipeSplit`).
 
 Multi-node ImageNet training streams WebDataset shards: plain tar files in which the
 members sharing a key (the member name up to the first '.' of its file name) make one
-sample, e.g. `n01440764_10026.jpg` + `n01440764_10026.cls`. cnndsl reads them with the
-same exactness as a folder: every sample is found once, by sample index, so batch order
+sample, e.g. `n01440764_10026.jpg` + `n01440764_10026.cls`. cnndsl reads local shards with
+the same exactness as a folder: every sample is found once, by sample index, so batch order
 and crops come from (seed, epoch, index), DDP ranks each decode their share of every
 batch, and `--resume` repeats the uninterrupted run. That needs random access, so only
-local, uncompressed shards are read (`pipe:` commands and URLs are refused, as are
-`.tar.gz` shards: a gzip stream cannot be entered in the middle).
+local, uncompressed shards are read this way (URLs are refused, as are `.tar.gz` shards:
+a gzip stream cannot be entered in the middle). Shards behind commands (`curl`, `aws s3
+cp`, `gzip -dc`) are streamed: see pipe_shards.py for the bytes and `PipeSplit` below for
+the batches; the sample rules (`SampleGroups`) and limits are the same.
 
 SPEC is either
 
@@ -43,7 +46,9 @@ import collections
 import functools
 import hashlib
 import io
+import itertools
 import os
+import random
 import re
 import tarfile
 import time
@@ -54,8 +59,9 @@ import numpy as np
 import torch
 
 from ..errors import CnnDslError
-from . import images, limits
+from . import images, limits, pipe_shards
 from .images import Recipe, need_regular, one_line, open_regular
+from .pipe_shards import printable
 from .splits import _can_fork, _raising, _stack, sample_seed
 
 ROLES = ("train", "test", "val")   # the order the shards' rows are numbered in
@@ -169,9 +175,12 @@ class _Layout:
 def find_shards(spec: str) -> _Layout:
     """The shards `spec` names (see the module doc); every one a regular .tar file."""
     spec = spec.strip()
-    if spec.startswith("pipe:") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", spec):
-        raise CnnDslError(f"wds:{limits.clip(spec)}: shards given as pipe: commands or URLs are "
-                          "not supported yet; give a local folder or a pattern of .tar files")
+    if spec.startswith(pipe_shards.PIPE):   # load_data sends these to pipe_splits
+        raise CnnDslError(f"wds:{printable(spec)}: a pipe: command is streamed (pipe_splits), "
+                          "not read by random access")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", spec):
+        raise CnnDslError(f"wds:{printable(spec)}: cnndsl reads URLs through a command of yours: "
+                          "write wds:pipe:curl -s URL (or aws s3 cp URL -, gsutil cat URL, …)")
     single = Path(spec).expanduser()
     if "{" in spec or "}" in spec or (os.path.lexists(single) and not single.is_dir()):
         paths = [str(Path(p).expanduser()) for p in expand_braces(spec)]
@@ -268,16 +277,22 @@ def index_shard(path: str, room: int = MAX_SAMPLES, webp: bool = True) -> _Entry
     with open_regular(path) as f:
         st = os.fstat(f.fileno())
         try:
-            tar = tarfile.open(fileobj=_BoundedReads(f, path), mode="r:")
+            # pipe_shards' header checks too: old GNU sparse members are refused outright
+            tar = tarfile.open(fileobj=_BoundedReads(f, path), mode="r:",
+                               tarinfo=pipe_shards.TarHeader)
+        except pipe_shards.Refused as e:
+            raise CnnDslError(f"'{path}' {e}") from None
         except _TAR_ERRORS as e:
             raise _not_a_tar(path, f.fileno(), e) from None
-        group = _SampleGroups(path, f.fileno(), room, webp)
-        for ti in _members(tar, path):
-            group.add(ti)
+        fd = f.fileno()
+        group = SampleGroups(path, room, webp, read=lambda ti: os.pread(fd, ti.size, ti.offset_data))
+        samples = [s for ti in _members(tar, path) if (s := group.add(ti)) is not None]
         # A truncated shard is said so before its last sample is found incomplete.
-        _check_end(f.fileno(), path, tar.offset, st.st_size)
-        group.flush()
-    return group.entry((st.st_size, st.st_mtime_ns))
+        _check_end(fd, path, tar.offset, st.st_size)
+        if (last := group.flush()) is not None:
+            samples.append(last)
+    columns = ([s.offset for s in samples], [s.size for s in samples], [s.label for s in samples])
+    return _Entry((st.st_size, st.st_mtime_ns), *(np.asarray(c, dtype=np.int64) for c in columns))
 
 
 def _not_a_tar(path: str, fd: int, e: BaseException) -> CnnDslError:
@@ -295,6 +310,8 @@ def _members(tar: tarfile.TarFile, path: str):
     while True:
         try:
             ti = tar.next()
+        except pipe_shards.Refused as e:
+            raise CnnDslError(f"'{path}' {e}") from None
         except _TAR_ERRORS as e:
             raise CnnDslError(f"'{path}' is truncated or damaged: {one_line(e)}") from None
         if ti is None:
@@ -311,30 +328,52 @@ def _check_end(fd: int, path: str, offset: int, size: int) -> None:
                           "(no tar header and no end-of-archive block there)")
 
 
-class _SampleGroups:
-    """Groups consecutive members by key into samples (webdataset's rule)."""
+@dataclass
+class Sample:
+    """One sample of a shard: its key, its image member (where its data starts, how big,
+    and its bytes when the reader kept them) and its label."""
 
-    def __init__(self, path: str, fd: int, room: int, webp: bool) -> None:
-        self.path, self.fd, self.room, self.webp = path, fd, room, webp
-        self.offsets, self.sizes, self.labels = [], [], []
+    key: str
+    ext: str            # the image member's extension: jpg, png, ...
+    offset: int         # of the image's data in the tar
+    size: int
+    label: int
+    data: bytes | None = None
+    where: str = ""     # the shard, for messages
+
+
+class SampleGroups:
+    """Groups consecutive members by key into samples (webdataset's rule) and checks each,
+    for both readers: the random-access index here and the streams of `pipe_shards`.
+
+    `read(ti)` returns a member's bytes; it is called while that member is the current
+    one (so a stream can be read), for every label and for the images `keep(k)` asks for
+    (k: the sample's number in the shard, from 0). `where` names the shard in messages."""
+
+    def __init__(self, where: str, room: int, webp: bool, read, keep=lambda k: False) -> None:
+        self.where, self.room, self.webp, self.read, self.keep = where, room, webp, read, keep
+        self.count = 0   # samples completed
         self.key, self.image, self.label = None, None, None
 
-    def add(self, ti: tarfile.TarInfo) -> None:
+    def add(self, ti: tarfile.TarInfo) -> Sample | None:
+        """Take one member; returns the sample before it when the member starts a new one."""
         if not ti.isreg():
-            return   # folders, links, devices: never read
+            return None   # folders, links, devices: never read
         key, ext = split_name(ti.name)
         kind = "image" if ext in IMAGE_EXTS else "label" if ext in LABEL_EXTS else None
         if key is None or kind is None:
-            return
+            return None
+        done = None
         if key != self.key:
-            self.flush()
+            done = self.flush()
             self.key = key
         if ti.issparse():
-            raise self._error(f"member '{_printable(ti.name)}' is a sparse file")
+            raise self._error(f"member '{printable(ti.name)}' is a sparse file")
         if kind == "image":
             self._add_image(ti, ext)
         else:
             self._add_label(ti)
+        return done
 
     def _add_image(self, ti: tarfile.TarInfo, ext: str) -> None:
         if self.image is not None:
@@ -344,7 +383,8 @@ class _SampleGroups:
         if ti.size > MAX_IMAGE_BYTES:
             raise self._error(f"has a {limits.human_bytes(ti.size)} image, more than the "
                               f"{limits.human_bytes(MAX_IMAGE_BYTES)} cnndsl reads")
-        self.image = (ti.offset_data, ti.size)
+        data = self.read(ti) if self.keep(self.count) else None
+        self.image = (ext, ti.offset_data, ti.size, data)
 
     def _add_label(self, ti: tarfile.TarInfo) -> None:
         if self.label is not None:
@@ -352,36 +392,33 @@ class _SampleGroups:
         if ti.size > MAX_LABEL_BYTES:
             raise self._error(f"has a label member of {ti.size:,} bytes (a class index is a "
                               f"few digits)")
-        data = os.pread(self.fd, ti.size, ti.offset_data)
+        data = self.read(ti)
         text = data.strip()
         if len(data) != ti.size or not text.isdigit() or int(text) >= MAX_CLASSES:
-            shown = _printable(data.decode("ascii", "replace"))
+            shown = printable(data.decode("ascii", "replace"))
             raise self._error(f"has label '{shown}': expected a class index 0..{MAX_CLASSES - 1} "
                               "in ASCII digits")
         self.label = int(text)
 
-    def flush(self) -> None:
-        """The sample gathered so far, checked and recorded."""
+    def flush(self) -> Sample | None:
+        """The sample gathered so far, checked (None if there is none)."""
         if self.key is None:
-            return
+            return None
         if self.image is None:
             raise self._error("has a label but no image (.jpg, .jpeg, .png or .webp)")
         if self.label is None:
             raise self._error("has an image but no label (.cls, .label or .target)")
-        if len(self.offsets) >= self.room:
-            raise CnnDslError(f"'{self.path}': more than {MAX_SAMPLES:,} samples in the shards "
+        if self.count >= self.room:
+            raise CnnDslError(f"'{self.where}': more than {MAX_SAMPLES:,} samples in the shards "
                               "together (damaged, or not a data set cnndsl can index)")
-        self.offsets.append(self.image[0])
-        self.sizes.append(self.image[1])
-        self.labels.append(self.label)
+        ext, offset, size, data = self.image
+        sample = Sample(self.key, ext, offset, size, self.label, data, self.where)
+        self.count += 1
         self.key, self.image, self.label = None, None, None
+        return sample
 
     def _error(self, why: str) -> CnnDslError:
-        return CnnDslError(f"'{self.path}': sample '{_printable(self.key)}' {why}")
-
-    def entry(self, stamp: tuple[int, int]) -> _Entry:
-        cols = (np.asarray(c, dtype=np.int64) for c in (self.offsets, self.sizes, self.labels))
-        return _Entry(stamp, *cols)
+        return CnnDslError(f"'{self.where}': sample '{printable(self.key)}' {why}")
 
 
 def split_name(name: str) -> tuple[str | None, str]:
@@ -398,12 +435,6 @@ def split_name(name: str) -> tuple[str | None, str]:
     if not stem or not dot:
         return None, ""
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
-def _printable(text: str) -> str:
-    """A name from a hostile file, safe to print on one line (no surrogates, no controls)."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return limits.clip("".join(ch if ch.isprintable() else "?" for ch in text[:200]))
 
 
 # --- the index of all shards, and its cache --------------------------------------------
@@ -633,7 +664,7 @@ class _Reader:
 def _member_name(header: bytes) -> str:
     """The member's name from its tar header, just before its data (for messages only)."""
     try:
-        return _printable(tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name)
+        return printable(tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name)
     except _TAR_ERRORS + (tarfile.HeaderError,):
         return "?"
 
@@ -723,3 +754,253 @@ def shard_splits(spec: str, name: str, shape, opts):
                            opts.skip_bad) for rows, y in _folder_parts(index, opts)]
     where = f" in {len(index.table.paths):,} shards"
     return held_or_streamed(streamed, index.class_names, name, where, recipe, opts)
+
+
+# --- streamed from commands: wds:pipe: -------------------------------------------------------
+
+
+class PipeSplit:
+    """Samples of `pipe:` shards (see pipe_shards: its "Epochs" and "Resume"), with
+    `splits.FileSplit`'s interface; a stream has no random access, so `batches` reads in
+    one of two ways:
+
+    * a training epoch (`train=True`): this DDP rank's share of the split's shards, read by
+      `workers` DataLoader processes through the shuffle buffer. The batches have the sizes
+      asked for; the indices themselves are not used, the stream decides which samples fill
+      them. A rank whose shards run out before its epoch does starts another pass over them
+      (reshuffled); one whose shards hold more stops early.
+    * anything else (validation, test, statistics, `--cache ram`): exactly the samples asked
+      for, which must come in increasing order, read in this process shard after shard, each
+      only as far as its last wanted sample; the images are decoded by the workers.
+
+    Each sample's crop is seeded from (seed, epoch, its index in the split), as in ShardSplit."""
+
+    sequential = True   # no random access: a reader should ask for samples in order
+
+    def __init__(self, index, rows, y: torch.Tensor, shape: tuple[int, int, int],
+                 recipe: Recipe, seed: int, workers: int, skip_bad: bool = False):
+        self.index, self.rows = index, np.asarray(rows, dtype=np.int64)
+        self.y, self.shape = y, tuple(shape)
+        self.recipe, self.seed, self.workers = recipe, seed, workers
+        self.skip_bad = skip_bad
+        self.skipped: set[str] = set()
+        self.shards = sorted(set(index.shard_of(self.rows).tolist()))   # those holding its rows
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, n: int) -> "PipeSplit":
+        return PipeSplit(self.index, self.rows[:n], self.y[:n], self.shape, self.recipe,
+                         self.seed, self.workers, self.skip_bad)
+
+    def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
+        lists = [idx.tolist() for idx in index_batches]
+        if not any(lists):
+            return iter(())
+        if train:
+            return self._stream([len(idx) for idx in lists], epoch)
+        return self._in_order(lists, epoch)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0)
+
+    def to(self, device) -> None:
+        pass   # the shards stay behind their commands
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def _collate(self, items):
+        """_stack, or the failure of the stream the items came from (see _Failed)."""
+        failed = next((item for item in items if isinstance(item, _Failed)), None)
+        return failed if failed is not None else _stack(items, self.shape)
+
+    def _loader(self, dataset, workers: int, **how):
+        how.setdefault("collate_fn", functools.partial(_stack, shape=self.shape))
+        return torch.utils.data.DataLoader(
+            dataset, num_workers=workers, pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),   # not the global RNG
+            prefetch_factor=4 if workers else None, persistent_workers=False,
+            multiprocessing_context=_mp_context() if workers else None, **how)
+
+    def _stream(self, sizes: list[int], epoch: int):
+        """A training epoch's batches, of `sizes`, from this rank's shards."""
+        rank, world = pipe_shards.process_rank()
+        if len(self.shards) < world:
+            raise CnnDslError(f"the training samples of the wds:pipe: source lie in "
+                              f"{len(self.shards)} shards, fewer than the {world} DDP processes: "
+                              "each process reads whole shards of its own; give more shards")
+        pending, wanted = [], iter(sizes)
+        want = next(wanted)
+        for round_ in itertools.count():
+            # Set before the loader is dropped, however this generator ends: its workers
+            # then stop reading at once (one waiting on a stream would hold up the loader's
+            # shutdown) and kill their commands as their readers unwind.
+            stop = _mp_context().Event()
+            stream = _StreamedSamples(self, epoch, round_, rank, world, stop)
+            loader = self._loader(stream, min(self.workers, len(stream.shards)),
+                                  batch_size=max(sizes), collate_fn=self._collate)
+            loaded = _raising(_unfailed(loader), self.skipped if self.skip_bad else None)
+            got = 0
+            try:
+                for x, y in loaded:
+                    got += len(x)
+                    pending.append((x, y))
+                    while want is not None and sum(len(p[0]) for p in pending) >= want:
+                        yield _take(pending, want)
+                        want = next(wanted, None)
+                    if want is None:
+                        return
+            finally:
+                stop.set()
+                loaded.close()   # the loader's workers stop, after `stop` is set
+            if not got:
+                raise CnnDslError(f"process {rank} of {world}: its shards of the wds:pipe: "
+                                  "source hold no training samples")
+
+    def _in_order(self, lists: list[list[int]], epoch: int):
+        """Exactly the samples of `lists` (increasing), in batches of their sizes."""
+        flat = np.asarray([i for idx in lists for i in idx], dtype=np.int64)
+        if (np.diff(flat) <= 0).any():
+            raise CnnDslError("a wds:pipe: split is read as a stream: its samples must be asked "
+                              "for in increasing order")
+        wanted = self.rows[flat]
+        samples = pipe_shards.split_samples(self.index, sorted(set(self.index.shard_of(wanted).tolist())),
+                                            wanted, whole=False)
+        items = ((int(flat[k]), sample) for k, sample in samples)
+        batch_lists = (list(itertools.islice(items, len(idx))) for idx in lists)
+        workers = min(self.workers, len(lists))
+        loader = self._loader(_DecodedSamples(self, epoch, train=False), workers,
+                              batch_sampler=batch_lists)
+        return _raising(loader, self.skipped if self.skip_bad else None)
+
+
+@dataclass
+class _Failed:
+    """A stream's failure (a command that failed, a damaged archive), sent by a worker as
+    a batch of its own: raised in a worker, it would reach the main process as a
+    multi-line traceback; `_unfailed` raises it there, in one line. Unlike an image that
+    cannot be decoded, it is never skipped."""
+
+    message: str
+
+
+def _unfailed(loader):
+    for batch in loader:
+        if isinstance(batch, _Failed):
+            raise CnnDslError(batch.message)
+        yield batch
+
+
+def _mp_context():
+    """The multiprocessing context of the workers (fork where there is one, as FileSplit)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if _can_fork() else None)
+
+
+def _take(pending: list, n: int):
+    """The first `n` samples of the batches in `pending`; the rest stays there."""
+    if len(pending[0][0]) == n:   # the common case: a batch of the size wanted, as it came
+        return pending.pop(0)
+    x = torch.cat([p[0] for p in pending])
+    y = torch.cat([p[1] for p in pending])
+    pending[:] = [(x[n:], y[n:])] if len(x) > n else []
+    return x[:n], y[:n]
+
+
+class _DecodedSamples:
+    """A worker's decoding of streamed samples: item (index in the split, Sample) → (x, y),
+    or (None, message) for `_stack`, as `_ShardSamples`."""
+
+    def __init__(self, split: PipeSplit, epoch: int, train: bool):
+        self.shape, self.recipe, self.seed = split.shape, split.recipe, split.seed
+        self.epoch, self.train = epoch, train
+
+    def __getitem__(self, item):
+        i, sample = item
+        c, h, w = self.shape
+        name = f"{sample.where}:{sample.key}.{sample.ext}"
+        try:
+            x = decode_bytes(sample.data, c, (h, w), train=self.train, recipe=self.recipe,
+                             seed=sample_seed(self.seed, self.epoch, i), name=name)
+        except CnnDslError as e:
+            return None, e.message
+        return x, torch.tensor(sample.label, dtype=torch.int64)
+
+
+class _StreamedSamples(torch.utils.data.IterableDataset):
+    """One training pass of one rank: in each DataLoader worker, its share of the rank's
+    shards, through the shuffle buffer, decoded. Everything is seeded from (seed, epoch,
+    round, rank, worker): the same run streams the same batches."""
+
+    def __init__(self, split: PipeSplit, epoch: int, round_: int, rank: int, world: int,
+                 stop=None):
+        self.index, self.rows, self.stop = split.index, split.rows, stop
+        self.decoded = _DecodedSamples(split, epoch, train=True)
+        self.seed, self.epoch, self.round, self.rank = split.seed, epoch, round_, rank
+        self.shards = pipe_shards.shard_order(split.shards, split.seed, epoch, round_)[rank::world]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.shards[worker::workers]
+        rng = random.Random(pipe_shards.stream_seed(self.seed, self.epoch, self.round, self.rank,
+                                                    worker, "buffer"))
+        samples = pipe_shards.split_samples(self.index, mine, self.rows, stop=self.stop)
+        try:
+            for item in pipe_shards.shuffled(samples, pipe_shards.SHUFFLE_BUFFER, rng):
+                yield self.decoded[item]
+        except pipe_shards.Stopped:
+            return   # the epoch took what it needed
+        except CnnDslError as e:
+            yield _Failed(e.message)
+
+
+def pipe_splits(spec: str, name: str, shape, opts):
+    """`load_data`'s `wds:pipe:…`: the commands indexed once, the roles carved by whole
+    shards (`pipe_parts`), then held in memory or streamed as `--cache` says."""
+    from .data import held_or_streamed
+
+    index = pipe_shards.index_pipe(spec, opts.index_dir)
+    recipe = Recipe.from_augment(opts.augment or {})
+    labels = np.concatenate(index.labels)
+    streamed = [PipeSplit(index, rows, torch.as_tensor(labels[rows]), shape, recipe, opts.seed,
+                          opts.workers, opts.skip_bad) for rows in pipe_parts(index, opts)]
+    where = f" in {len(index.commands):,} pipe: shards ({index.how})"
+    return held_or_streamed(streamed, index.class_names, name, where, recipe, opts,
+                            medium="their commands")
+
+
+def pipe_parts(index, opts) -> list[np.ndarray]:
+    """The rows of train, val and test, by whole shards: the shards' names give roles as a
+    folder's files do (`data._folder_parts`: test shards test, else val shards; val shards
+    next to test shards validate); what is missing is a seeded share of the training shards
+    (TEST_FRACTION tests, then `val_fraction` of the rest validates). `--limit` then cuts
+    the training rows."""
+    from .data import TEST_FRACTION, _carve_indices
+
+    named = {role: [j for j, r in enumerate(index.roles) if r == role] for role in ("test", "val")}
+    train = [j for j, r in enumerate(index.roles) if r in (None, "train")]
+    test_role = next((role for role in ("test", "val") if named[role]), None)
+
+    def carve(shards: list[int], fraction: float) -> tuple[list[int], list[int]]:
+        kept, held = _carve_indices(len(shards), fraction, opts.seed)
+        return [shards[i] for i in kept.tolist()], [shards[i] for i in held.tolist()]
+
+    if test_role is None:
+        train, test = carve(train, TEST_FRACTION)
+    else:
+        test = named[test_role]
+    if test_role == "test" and named["val"]:
+        val = named["val"]
+    else:
+        train, val = carve(train, opts.val_fraction)
+    train_rows = index.rows(train)
+    if opts.limit is not None:
+        train_rows = train_rows[:opts.limit]
+    if not len(train_rows):
+        raise CnnDslError("the wds:pipe: source has no training samples (every shard is a "
+                          "test or val shard, or holds none)")
+    return [train_rows, index.rows(val), index.rows(test)]

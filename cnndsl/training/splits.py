@@ -190,7 +190,9 @@ def split_stats(split, batch_size: int = 512, sample: int = 2000, seed: int = 0)
     if n == 0:
         raise CnnDslError("channel statistics need a non-empty training set")
     order = torch.arange(n)
-    if not isinstance(split, TensorSplit) and n > sample:   # streamed: a sample
+    if getattr(split, "sequential", False):   # a stream (wds:pipe:): its first images, not a read of all
+        order = order[:sample]
+    elif not isinstance(split, TensorSplit) and n > sample:   # streamed: a sample
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
     batches = list(order.split(batch_size))
     total = squares = None
