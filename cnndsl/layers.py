@@ -5,13 +5,13 @@ and their defaults, how the DSL head (`CONV3-64/2`) fills them, its shape rule, 
 parameter, MAC and FLOP counts, and how to build its torch module. Adding a layer is
 adding one entry to `KINDS`; nothing else branches on layer names.
 
-Joins (`merge=True`: CONCAT, ADD) are entries too, written `NAME(chain, chain, ...)`:
+Joins (`merge=True`: CONCAT, ADD, MUL) are entries too, written `NAME(chain, chain, ...)`:
 besides the shape rule and the costs, an entry says how many chains it takes
 (`arity`), how a shape mismatch is worded (`mismatch`), how it is emitted into a
-torch.fx graph (`emit`), and its shorthands (ADD's `RES(a)`, which appends the
-identity branch: `ADD(a, ID)`). The grammar's join word is made from the table's
-join names (`join_words()`), so adding a join is adding an entry here, or
-`register(Kind(...))` at run time.
+torch.fx graph (`emit`), and its shorthands (ADD's `RES(a)` and MUL's `GATE(a)`,
+which append the identity branch: `ADD(a, ID)`, `MUL(a, ID)`). The grammar's join word
+is made from the table's join names (`join_words()`), so adding a join is adding an
+entry here, or `register(Kind(...))` at run time.
 
 Shapes are tuples: (C, H, W) for a volume, (N,) for a flat vector. Counting rules
 (the README's "Counting conventions"):
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -112,7 +113,7 @@ class Kind:
     build: Callable | None = None          # (opts, input shape, m) -> torch module; m = cnndsl.modules
     # Joins, written NAME(chain, chain, ...). Their shape, params, macs, flops and fan_in
     # receive the list of input shapes (in branch order) instead of one shape.
-    merge: bool = False                    # a join: reads several inputs (CONCAT, ADD)
+    merge: bool = False                    # a join: reads several inputs (CONCAT, ADD, MUL)
     emit: Callable | None = None           # (fx graph, input nodes, torch) -> fx node
     arity: tuple[int, int | None] = (1, None)  # chains written: at least, at most (None: any)
     mismatch: Callable | None = None       # (written name, input shapes, ShapeMismatch) -> message
@@ -203,6 +204,8 @@ def _build_pool(cls_name):
 
 _max_pool = dict(doc="max pooling; POOL{F} has stride F",
                  build=_build_pool("MaxPool2d"), flops_per_window=lambda k: k - 1)
+# SILU and SWISH: one function, two names (as POOL and MAXPOOL). FLOPs: σ(x), then × x.
+_silu = dict(doc="x·σ(x), the sigmoid-weighted linear unit (Swish)", cls="SiLU", flops=2)
 
 # --- fully connected and normalisation -----------------------------------------
 
@@ -232,12 +235,12 @@ def _activation(name: str, doc: str, cls: str, *options: Opt, flops: int = 1,
 
 class ShapeMismatch(Exception):
     """Raised by a join's shape rule: branch `branch` (counted from 1) disagrees with
-    branch 1 in its `what` ("shapes", "heights and widths"); the join's `mismatch`
-    words the diagnostic."""
+    branch `against` (branch 1 unless the rule says otherwise) in its `what` ("shapes",
+    "heights and widths"); the join's `mismatch` words the diagnostic."""
 
-    def __init__(self, what: str, branch: int):
-        super().__init__(what, branch)
-        self.what, self.branch = what, branch
+    def __init__(self, what: str, branch: int, against: int = 1):
+        super().__init__(what, branch, against)
+        self.what, self.branch, self.against = what, branch, against
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,7 @@ def join_words(table: dict[str, Kind] | None = None) -> dict[str, Join]:
     shorthands right after it.
 
     >>> list(join_words())
-    ['CONCAT', 'ADD', 'RES']
+    ['CONCAT', 'ADD', 'RES', 'MUL', 'GATE']
     >>> join_words()["RES"].kind.name, join_words()["RES"].identity_branch
     ('ADD', True)
     """
@@ -348,16 +351,29 @@ def _add_shape(o, xs):
 
 def branches_disagree(name: str, xs, e: ShapeMismatch) -> str:
     """A join's mismatch message, unless its entry words its own."""
-    return (f"{name} branches disagree in their {e.what}: branch 1 gives {shape_text(xs[0])}, "
-            f"branch {e.branch} gives {shape_text(xs[e.branch - 1])}")
+    return (f"{name} branches disagree in their {e.what}: branch {e.against} gives "
+            f"{shape_text(xs[e.against - 1])}, branch {e.branch} gives {shape_text(xs[e.branch - 1])}")
+
+
+def gates(gate: tuple, volume: tuple) -> bool:
+    """Whether `gate` is a C×1×1 channel gate of the C×H×W `volume` (squeeze-and-excitation):
+    the one broadcast MUL allows.
+
+    >>> gates((32, 1, 1), (32, 8, 8)), gates((16, 1, 1), (32, 8, 8)), gates((32,), (32, 1, 1))
+    (True, False, False)
+    """
+    return len(gate) == len(volume) == 3 and gate == (volume[0], 1, 1) != volume
 
 
 def _add_mismatch(name: str, xs, e: ShapeMismatch) -> str:
     message = branches_disagree(name, xs, e)
-    first, other = xs[0], xs[e.branch - 1]
+    first, other = xs[e.against - 1], xs[e.branch - 1]
+    if gates(first, other) or gates(other, first):
+        return message + ("; to multiply by a C×1×1 channel gate (squeeze-and-excitation) "
+                          "instead, write MUL(...), or GATE(a) for MUL(a, ID)")
     if len(first) == len(other):
         # The projection goes on the branch that still has the larger height and width.
-        j, source, target = ((1, first, other) if len(first) == 3 and first[1] > other[1]
+        j, source, target = ((e.against, first, other) if len(first) == 3 and first[1] > other[1]
                              else (e.branch, other, first))
         message += f"; add a projection shortcut to branch {j}: {_projection(target, source)}"
     return message
@@ -365,9 +381,43 @@ def _add_mismatch(name: str, xs, e: ShapeMismatch) -> str:
 
 def _res_mismatch(name: str, xs, e: ShapeMismatch) -> str:
     chain, given = xs[0], xs[e.branch - 1]  # the chain's output, and the input added back
-    return (f"{name}'s chain changes the shape {shape_text(given)} → {shape_text(chain)}, so its "
-            f"input cannot be added back; use a projection shortcut: "
-            f"ADD(..., {_projection(chain, given)})")
+    message = (f"{name}'s chain changes the shape {shape_text(given)} → {shape_text(chain)}, so its "
+               f"input cannot be added back; ")
+    if gates(chain, given):
+        return message + (f"to multiply it by the chain's {shape_text(chain)} output (a channel "
+                          f"gate, squeeze-and-excitation) instead, write GATE(...)")
+    return message + f"use a projection shortcut: ADD(..., {_projection(chain, given)})"
+
+
+def _mul_shape(o, xs):
+    """Equal shapes, or C×1×1 gates of a C×H×W volume (in any branch): that volume's shape."""
+    out, source = xs[0], 1
+    for i, x in enumerate(xs[1:], 2):
+        if gates(out, x):
+            out, source = x, i
+        elif x != out and not gates(x, out):
+            raise ShapeMismatch("shapes", i, against=source)
+    return out
+
+
+def _mul_allowed(volume: tuple) -> str:
+    """The shapes that may be multiplied with `volume`."""
+    if len(volume) == 3 and volume[1:] != (1, 1):
+        return f"{shape_text(volume)} or {volume[0]}×1×1 (a channel gate)"
+    return shape_text(volume)
+
+
+def _mul_mismatch(name: str, xs, e: ShapeMismatch) -> str:
+    larger = max(xs[e.against - 1], xs[e.branch - 1], key=numel)
+    return (branches_disagree(name, xs, e) + f"; {name} multiplies equal shapes, or a C×1×1 "
+            f"channel gate by a C×H×W volume: {shape_text(larger)} multiplies only "
+            f"{_mul_allowed(larger)}")
+
+
+def _gate_mismatch(name: str, xs, e: ShapeMismatch) -> str:
+    chain, given = xs[0], xs[-1]  # the chain's output, and the input it multiplies
+    return (f"{name}'s chain gives {shape_text(chain)}, which cannot multiply its input "
+            f"{shape_text(given)}: {name}(a) needs a to give {_mul_allowed(given)}")
 
 
 def _projection(target: tuple, source: tuple) -> str:
@@ -386,12 +436,42 @@ def _emit_cat(graph, xs, torch):
     return graph.call_function(torch.cat, (list(xs), 1))
 
 
-def _emit_sum(graph, xs, torch):
-    import operator
-    total = xs[0]
-    for x in xs[1:]:
-        total = graph.call_function(operator.add, (total, x))
-    return total
+def _emit_fold(operation: Callable):
+    """Emits `operation` (operator.add, operator.mul) over the branches, left to right."""
+    def emit(graph, xs, torch):
+        total = xs[0]
+        for x in xs[1:]:
+            total = graph.call_function(operation, (total, x))
+        return total
+    return emit
+
+
+def _per_extra_branch(o, xs, y) -> int:
+    """FLOPs of ADD and MUL: one per output element for each branch after the first."""
+    return (len(xs) - 1) * numel(y)
+
+
+# --- channel groups, normalisation over channels, stochastic depth -------------
+
+def _split_check(o, x):
+    if o.part > o.of:
+        return f"there is no part {o.part} of {o.of}: the parts are numbered 1 to {o.of}"
+    if x[0] % o.of:
+        return (f"the {x[0]} channels do not split into {o.of} equal parts; "
+                f"the number of parts must divide the channels")
+    return None
+
+
+def _shuffle_check(o, x):
+    if x[0] % o.groups:
+        return f"groups={o.groups} must divide the {x[0]} channels"
+    return None
+
+
+def _ln_build(o, x, m):
+    # torchvision: LayerNorm2d on a volume (each position's C values), nn.LayerNorm on a vector.
+    cls = m.LayerNorm2d if len(x) == 3 else m.nn.LayerNorm
+    return cls(x[0], eps=o.eps)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in [
@@ -425,6 +505,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     _activation("SIGMOID", "logistic sigmoid", "Sigmoid"),
     _activation("ELU", "exponential linear unit", "ELU", Opt("alpha", float, 1.0, low=0)),
     _activation("GELU", "Gaussian error linear unit", "GELU"),
+    _activation("SILU", **_silu),
+    _activation("SWISH", **_silu),
+    # hard sigmoid min(max(x + 3, 0), 6)/6: +, max, min, ×1/6; hard swish: that, then × x
+    _activation("HSIGMOID", "hard sigmoid, min(max(x + 3, 0), 6)/6", "Hardsigmoid", flops=4),
+    _activation("HSWISH", "hard swish, x·min(max(x + 3, 0), 6)/6", "Hardswish", flops=5),
     _activation("LRELU", "leaky ReLU: LRELU(0.1); slope 0.01", "LeakyReLU",
                 Opt("slope", float, 0.01, low=0), flops=2),
     _activation("SOFTMAX", "softmax over channels", "Softmax", flops=3,
@@ -432,6 +517,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("DROPOUT", "dropout: DROPOUT(0.3); p=0.5",
          options=(Opt("p", float, 0.5, low=0, high=1),),
          build=lambda o, x, m: m.nn.Dropout(o.p)),
+    Kind("DROPPATH", "stochastic depth: DROPPATH(0.1) zeroes a whole sample with probability p",
+         options=(Opt("p", float, low=0, high=1),),
+         build=lambda o, x, m: m.DropPath(o.p)),
     Kind("BN", "batch normalisation, 2-D or 1-D by its input",
          options=(Opt("eps", float, 1e-5, low=0), Opt("momentum", float, 0.1, low=0, high=1)),
          params=lambda o, x: 2 * x[0], buffers=lambda o, x: 2 * x[0] + 1,
@@ -440,15 +528,36 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
          options=(Opt("size", int, 5, low=1), Opt("alpha", float, 1e-4, low=0),
                   Opt("beta", float, 0.75, low=0), Opt("k", float, 2.0, low=0)),
          needs_volume=True, flops=lambda o, x, y: (o.size + 4) * numel(y), build=_lrn_build),
+    # Not absorbs_bias: LN subtracts the mean over a position's channels, which a bias
+    # that differs per channel is not.
+    Kind("LN", "layer normalisation over the channels of each position: LN(eps=1e-6)",
+         options=(Opt("eps", float, 1e-5, low=0),),
+         # per element: mean 1, subtract 1, variance 2 (square, sum), divide 1, scale and shift 2
+         params=lambda o, x: 2 * x[0], flops=_per_element(7), build=_ln_build),
+    Kind("SCALE", "a learnable scale per channel (layer scale): SCALE(1e-6), its initial value",
+         options=(Opt("init", float, 1.0),), params=lambda o, x: x[0], flops=_per_element(1),
+         build=lambda o, x, m: m.LayerScale(x[0], o.init, len(x))),
     Kind("FLATTEN", "C×H×W → C·H·W", shape=lambda o, x: (numel(x),), allocates=False,
          build=lambda o, x, m: m.nn.Flatten()),
+    Kind("SPLIT", "one of equal groups of channels: SPLIT(1, 2) is the first half",
+         options=(Opt("part", int, low=1), Opt("of", int, low=1)), check=_split_check,
+         shape=lambda o, x: (x[0] // o.of,) + tuple(x[1:]), allocates=False,
+         build=lambda o, x, m: m.ChannelSplit(o.part, o.of)),
+    Kind("SHUFFLE", "channel shuffle (ShuffleNet): SHUFFLE(2) interleaves 2 groups of channels",
+         options=(Opt("groups", int, low=1),), check=_shuffle_check,
+         build=lambda o, x, m: m.ChannelShuffle(o.groups)),
     Kind("ID", "identity", allocates=False),
     Kind("CONCAT", "joins its branches along channels", merge=True, shape=_concat_shape,
          flops=_zero, emit=_emit_cat, mismatch=branches_disagree),
     Kind("ADD", "sums its branches", merge=True, shape=_add_shape,
-         flops=lambda o, xs, y: (len(xs) - 1) * numel(y), emit=_emit_sum, mismatch=_add_mismatch,
+         flops=_per_extra_branch, emit=_emit_fold(operator.add), mismatch=_add_mismatch,
          shorthands=(Shorthand("RES", "RES(a) means ADD(a, ID)", arity=(1, 1),
                                identity_branch=True, mismatch=_res_mismatch),)),
+    Kind("MUL", "multiplies its branches; a C×1×1 branch gates a C×H×W one", merge=True,
+         shape=_mul_shape, flops=_per_extra_branch, emit=_emit_fold(operator.mul),
+         mismatch=_mul_mismatch,
+         shorthands=(Shorthand("GATE", "GATE(a) means MUL(a, ID)", arity=(1, 1),
+                               identity_branch=True, mismatch=_gate_mismatch),)),
 ]}
 
 

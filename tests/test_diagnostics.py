@@ -169,3 +169,67 @@ def test_the_python_tag_payloads_are_real(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
     yaml.unsafe_load(text)
     assert (tmp_path / "pwned").exists()
+
+
+# --- a name that is no join, written with chains in its parentheses -------------------------
+
+def _error(text: str) -> CnnDslError:
+    with pytest.raises(CnnDslError) as caught:
+        cnndsl.parse(text).analyze()
+    return caught.value
+
+
+@pytest.mark.parametrize("text, message, where", [
+    ("INPUT(3, 8, 8) -> FOO(CONV3-8, ID)",
+     "unknown layer or block 'FOO'; the words that take chains in parentheses are "
+     "CONCAT, ADD, RES, MUL, GATE", (1, 19)),
+    ("INPUT(3, 8, 8) -> CONCT(CONV3-8, ID)", "unknown layer or block 'CONCT' — did you mean 'CONCAT'?", (1, 19)),
+    ("INPUT(3, 8, 8)\n  -> RELU -> gatte(GAP -> CONV1-3 -> SIGMOID)",
+     "unknown layer or block 'gatte' — did you mean 'GATE'?", (2, 14)),
+    ("stage(c) = CONV3-c -> RELU\nINPUT(3, 8, 8) -> stagee(CONV3-8 -> RELU)",
+     "unknown layer or block 'stagee' — did you mean the block 'stage'?", (2, 19)),
+    ("INPUT(3, 8, 8) -> CONCAT(ID, foo(POOL3/1(pad=1), ID))", "unknown layer or block 'foo'", (1, 30)),
+])
+def test_an_unknown_name_with_chains_is_named_as_the_mistake(text, message, where):
+    error = _error(text)
+    assert error.message.startswith(message)
+    assert (error.line, error.col) == where
+    head, source, caret = str(error).splitlines()
+    assert head.startswith(f"<inline>:{where[0]}:{where[1]}: error: unknown layer or block")
+    name = message.split("'")[1]
+    assert caret.strip() == "^" * len(name) and caret.index("^") == 4 + where[1] - 1
+
+
+@pytest.mark.parametrize("text, message", [
+    # A layer, or a block that is defined, given chains: the parser's own message stands.
+    ("INPUT(3, 8, 8) -> RELU(CONV3-8)", "unexpected '-'"),
+    ("INPUT(3, 8, 8) -> CONV3-8(pad=1 -> RELU)", "unexpected '->'"),
+    ("stage(c) = CONV3-c\nINPUT(3, 8, 8) -> stage(CONV3-8, ID)", "unexpected '-'"),
+    # An error after the parentheses are closed is not blamed on the name before them.
+    ("INPUT(3, 8, 8) -> foo(3) x", "unexpected 'x'"),
+])
+def test_a_known_name_keeps_the_syntax_error(text, message):
+    assert _error(text).message.startswith(message)
+
+
+def test_an_unknown_name_with_chains_in_a_yaml_net_points_into_the_file(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text("input: [3, 8, 8]\nnet: |\n  CONV3-8 -> RELU\n  -> SQUEEZE(GAP -> CONV1-8, ID)\n")
+    with pytest.raises(CnnDslError) as caught:
+        cnndsl.load(path)
+    assert caught.value.message.startswith("unknown layer or block 'SQUEEZE'")
+    assert (caught.value.line, caught.value.col) == (4, 6)
+
+
+def test_the_yaml_blocks_are_known_when_the_net_is_parsed_with_them():
+    # A YAML net is parsed apart from its blocks; given their names, parse_net does not
+    # call a block written with chains unknown.
+    from cnndsl.errors import Fragment, Source
+    from cnndsl.lang.parser import parse_net
+
+    text = "CONV3-8 -> stage(CONV3-8, ID)"
+    fragment = Fragment(Source(text, None), text)
+    with pytest.raises(CnnDslError, match="unknown layer or block 'stage'"):
+        parse_net(fragment)
+    with pytest.raises(CnnDslError, match="unexpected '-'"):
+        parse_net(fragment, blocks={"stage"})

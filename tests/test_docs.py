@@ -6,11 +6,16 @@
   spec file loaded with `cnndsl.lang.spec.load`. A line `# error: TEXT` or
   `# warning: TEXT` (or `# note: TEXT`) in an example names text that a diagnostic of that severity must
   contain.
+* ```cnndsl-family and ```yaml-family examples are families of several members, analysed
+  as `cnndsl analyze` does (analysis.family) with no error; a `# members: 24` line (or
+  analysed, distinct, duplicates, surviving, pareto, pruned) names a count of its summary,
+  and `# with --set N=0..3 ...` gives it `--set` flags. A -error example of several
+  members is analysed so too.
 * The examples that work use every layer kind and join, and write every option of
   every kind at least once.
 * The tables whose header starts `| kind |` have one row per kind of
-  `cnndsl.layers.KINDS` (RES may have a row whether or not it is a kind of its own),
-  with the kind's head places and every option with its default and bounds.
+  `cnndsl.layers.KINDS` and per join shorthand (RES, GATE: `join_words()`), with the
+  kind's head places and every option with its default and bounds.
 * The table of YAML keys lists `YAML_KEYS`.
 * The repository cites its own docs, not files outside it.
 """
@@ -23,15 +28,21 @@ import pytest
 
 import cnndsl
 from cnndsl import CnnDslError
+from cnndsl.analysis.family import analyze_family
+from cnndsl.lang import family
 from cnndsl.lang.spec import load
 from cnndsl.lang.yaml_spec import YAML_KEYS
-from cnndsl.layers import KINDS, REQUIRED
+from cnndsl.layers import KINDS, REQUIRED, join_words
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "language.md"
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-CHECKED = {f"{lang}{suffix}" for lang in ("cnndsl", "yaml") for suffix in ("", "-warning", "-error")}
+CHECKED = {f"{lang}{suffix}" for lang in ("cnndsl", "yaml")
+           for suffix in ("", "-warning", "-error", "-family")}
 EXPECT = re.compile(r"#\s*(error|warning|note):\s*(.+?)\s*$", re.M)
+COUNTS = re.compile(r"#\s*(members|analysed|distinct|duplicates|surviving|pareto|pruned):"
+                    r"\s*([\d,]+)\s*$", re.M)
+SETS = re.compile(r"#\s*with\s+(--set\s.*?)\s*$", re.M)
 
 
 def examples() -> list[tuple[str, int, str]]:
@@ -49,8 +60,20 @@ def _messages(diagnostics, severity: str) -> list[str]:
     return [d.message for d in diagnostics if d.severity == severity]
 
 
+def _sets(body: str) -> list:
+    return [family.parse_set(flag) for line in SETS.findall(body)
+            for flag in re.findall(r"--set\s+(\S+)", line)]
+
+
+def _several_members(spec) -> bool:
+    if not spec.is_family:
+        return False
+    return family.member_count(family.variables(spec.program, spec.declared).values()) > 1
+
+
 def _run(info: str, body: str, tmp_path: Path):
-    """(spec, analysis, diagnostics): analysis None when a CnnDslError was raised."""
+    """(spec, analysis, diagnostics): analysis None when a CnnDslError was raised; for a
+    family, a `FamilyAnalysis`."""
     try:
         if info.startswith("yaml"):
             path = tmp_path / "example.yaml"
@@ -58,12 +81,18 @@ def _run(info: str, body: str, tmp_path: Path):
             spec = load(path)
         else:
             spec = cnndsl.parse(body)
-        analysis = spec.analyze()
+        spec = spec.with_values(_sets(body))
+        if info.endswith("-family") or (info.endswith("-error") and _several_members(spec)):
+            result = analyze_family(spec)
+            diagnostics = result.notes + result.errors()
+        else:
+            result = spec.analyze()
+            diagnostics = result.diagnostics
     except CnnDslError as e:
         errors = [e.message] + [d.message for d in e.diagnostics]
         return None, None, {"error": errors, "warning": [], "note": []}
-    found = {s: _messages(analysis.diagnostics, s) for s in ("error", "warning", "note")}
-    return spec, analysis, found
+    found = {s: _messages(diagnostics, s) for s in ("error", "warning", "note")}
+    return spec, result, found
 
 
 @pytest.mark.parametrize("info, body", checked_examples())
@@ -78,13 +107,20 @@ def test_example(info, body, tmp_path):
     for severity, text in EXPECT.findall(body):
         assert any(text in message for message in found[severity]), (
             f"no {severity} says {text!r}; the {severity}s: {found[severity]}")
+    if info.endswith("-family"):
+        assert hasattr(analysis, "members"), "a -family example must be a family of several members"
+        summary = analysis.summary()
+        summary["pruned"] = sum(summary["pruned"].values())
+        for key, count in COUNTS.findall(body):
+            assert summary[key] == int(count.replace(",", "")), (key, summary[key])
 
 
 def test_the_doc_has_examples_of_every_kind():
     blocks = examples()
     assert {info for info, _, _ in blocks if info.startswith(("cnndsl", "yaml"))} <= CHECKED, \
         "an unknown kind of example; use one of " + ", ".join(sorted(CHECKED))
-    assert {"cnndsl", "cnndsl-warning", "cnndsl-error", "yaml", "yaml-error"} <= {b[0] for b in blocks}
+    assert {"cnndsl", "cnndsl-warning", "cnndsl-error", "yaml", "yaml-error",
+            "cnndsl-family", "yaml-family"} <= {b[0] for b in blocks}
 
 
 def test_the_working_examples_use_every_kind_and_option():
@@ -100,7 +136,8 @@ def test_the_working_examples_use_every_kind_and_option():
             used.add(kind)
             used.add(node["opts"].get("op", kind))  # RES, when it is built as an ADD
             written.setdefault(kind, set()).update(node["written"])
-    assert set(KINDS) | {"RES"} <= used, sorted(set(KINDS) | {"RES"} - used)
+    words = set(KINDS) | set(join_words())  # the shorthands too: RES, GATE
+    assert words <= used, sorted(words - used)
     for kind in KINDS.values():
         missing = {o.name for o in kind.options} - written.get(kind.name, set())
         assert not missing, f"no working example writes {kind.name}'s {', '.join(sorted(missing))}"
@@ -166,10 +203,10 @@ def _default_matches(default, text: str) -> bool:
 
 def test_every_kind_has_one_row_and_every_row_is_a_kind():
     rows = kind_rows()
-    assert set(KINDS) - set(rows) == set(), "kinds without a row"
-    # RES is the join ADD(a, ID): it has a row whether or not the table has a RES kind.
-    assert set(rows) - set(KINDS) - {"RES"} == set(), "rows that are no kind"
-    assert "RES" in rows
+    # RES is the join ADD(a, ID), GATE is MUL(a, ID): shorthands have rows of their own.
+    words = set(KINDS) | set(join_words())
+    assert words - set(rows) == set(), "kinds or join shorthands without a row"
+    assert set(rows) - words == set(), "rows that are no kind"
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

@@ -210,7 +210,12 @@ def test_keyword_block_arguments():
     ("INPUT(1,8,8) -> blk(3)", "unknown layer 'blk'"),
     ("b(c) = CONV3-c\nINPUT(1,8,8) -> b(3, 4)", "block 'b' takes 1 argument (c), got 2"),
     ("a = b\nb = a\nINPUT(1,8,8) -> a", "block 'a' calls itself: a → b → a"),
-    ("INPUT(1,8,8) -> CONV3-4*0", "a repeat count must be at least 1, got 0"),
+    ("INPUT(1,8,8) -> CONV3-4*{0-1}", "a repeat count must be at least 0, got -1"),
+    ("INPUT(1,8,8) -> CONV3-4?? -> FC-2", "one '?' is enough"),
+    ("INPUT(1,8,8) -> ? -> FC-2", "'?' makes the layer or group just before it optional"),
+    ("INPUT(1,8,8) -> CONV3-{2**-1}", "it must be 0 or more"),
+    ("INPUT(1,8,8) -> CONV3-{2**51}", "is larger than 1,000,000,000,000,000"),
+    ("INPUT(1,8,8) -> CONV3-8*2 as as", "unexpected 'as'"),
     ("INPUT(1,8,8) -> (((CONV3-8)*1000)*1000)*1000", "more than the limit of 100,000"),
     ("b(c) = CONV3-{c//0}\nINPUT(1,8,8) -> b(1)", "division by zero"),
     ("INPUT(1,8,8) -> CONV3-c", "'c' is not defined"),
@@ -331,3 +336,36 @@ def test_names_ending_in_a_digit_are_counted_after_an_underscore():
     # `relu61` would read as the 61st relu; the reference: `relu6_1`, `stage1_2`.
     net = layers("stage1 = CONV3-4 -> RELU6\nINPUT(3, 8, 8) -> stage1 -> stage1 -> RELU6")
     assert {"stage1_1.conv1", "stage1_2.relu6_1", "relu6_1"} <= set(net)
+
+
+# --- 4.5 A label on a repetition names the group ------------------------------------------
+
+BASIC = "basic(c) = RES(CONV3-c -> BN -> RELU -> CONV3-c -> BN) -> RELU\n"
+
+
+def test_a_label_on_a_repeated_call_names_the_group():
+    # As `layer1: stage(64, 3, 1)` in specs/resnet50.yaml names its layers: the copies are
+    # counted inside the label, so layer1.basic2.res1.conv1 is torchvision's layer1.1.conv1.
+    repeated = layers(BASIC + "INPUT(64, 8, 8) -> layer1: basic(64)*2 -> GAP")
+    via_block = layers(BASIC + "stage(c) = basic(c)*2\nINPUT(64, 8, 8) -> layer1: stage(64) -> GAP")
+    assert list(repeated) == list(via_block)
+    assert {"layer1.basic1.res1.conv1", "layer1.basic2.res1.conv1", "layer1.basic2.relu1", "gap1"} <= set(repeated)
+
+
+def test_a_label_on_a_nested_repetition_or_a_repeated_layer():
+    net = layers(BASIC + "INPUT(8, 4, 4) -> layer1: basic(8)*2*2 -> head: FC-10*2 -> FC-3")
+    assert [n for n in net if n.endswith("res1.conv1")] == [f"layer1.basic{i}.res1.conv1" for i in (1, 2, 3, 4)]
+    assert [n for n in net if "fc" in n] == ["head.fc1", "head.fc2", "fc1"]
+
+
+def test_a_labelled_repetition_inside_a_block_and_its_compiled_names():
+    text = BASIC + "stage(c, n) = CONV3-c -> blocks: basic(c)*n\nINPUT(3, 8, 8) -> layer1: stage(8, 2)"
+    names = set(layers(text))
+    assert {"layer1.conv1", "layer1.blocks.basic1.res1.conv1", "layer1.blocks.basic2.res1.conv2"} <= names
+    state = cnndsl.parse(text).compile().state_dict()
+    assert "layer1.blocks.basic2.res1.conv2.weight" in state
+
+
+def test_two_groups_with_one_label_still_name_two_layers():
+    with pytest.raises(CnnDslError, match="'a.basic1.res1.conv1' names two layers"):
+        cnndsl.parse(BASIC + "INPUT(8, 4, 4) -> a: basic(8)*2 -> a: basic(8)*2").analyze()

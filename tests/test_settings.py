@@ -153,7 +153,10 @@ def test_flags_are_the_table_and_unchanged():
     options = {opt: a for a in train_parser()._actions for opt in a.option_strings}
     settings_flags = {s.flag: s.name for s in SETTINGS if s.flag}
     assert settings_flags == FLAGS_BEFORE
-    assert set(options) == set(FLAGS_BEFORE) | {"-h", "--help", "--out", "--resume", "--overwrite"}
+    # The flags that are not training settings: where the run goes, and which member of a
+    # family it trains (`--set`, as for analyze).
+    assert set(options) == set(FLAGS_BEFORE) | {"-h", "--help", "--out", "--resume", "--overwrite",
+                                                "--set"}
     from cnndsl.cli.train import CONFIG_FLAGS
     assert set(CONFIG_FLAGS) == set(FLAGS_BEFORE.values())
     for s in SETTINGS:

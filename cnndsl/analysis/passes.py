@@ -177,10 +177,19 @@ def receptive_fields(g: nx.DiGraph) -> None:
         elif not sources:
             node.update(rf=(1, 1), jump=(1, 1), grid=node["shape"][1:])
         elif node["kind"].merge:
-            node.update(rf=_axis_max(s["rf"] for s in sources),
-                        jump=_axis_max(s["jump"] for s in sources), grid=sources[0]["grid"])
+            node.update(_join(node, sources))
         else:
             node.update(_grow(node, sources[0]))
+
+
+def _join(node: dict, sources: list[dict]) -> dict:
+    """Through a join: the largest receptive field of its branches; the jump and grid of
+    the branches at the join's own height and width, so that a C×1×1 channel gate (whose
+    GAP saw the whole input) widens the receptive field but does not coarsen the grid."""
+    spatial = node["shape"][1:]
+    full = [s for s in sources if s["shape"][1:] == spatial] or sources
+    return dict(rf=_axis_max(s["rf"] for s in sources),
+                jump=_axis_max(s["jump"] for s in full), grid=full[0]["grid"])
 
 
 def _grow(node: dict, source: dict) -> dict:

@@ -1,4 +1,5 @@
-"""`cnndsl analyze`: shapes, fit, params, MACs, memory and receptive field of a spec."""
+"""`cnndsl analyze`: shapes, fit, params, MACs, memory and receptive field of a spec;
+for a family of networks (lang.family), one row per member (analysis.family)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,11 @@ import contextlib
 import gc
 import json
 
-from ..errors import clip, too_many_digits
+import re
+
+from ..errors import CnnDslError, clip, too_many_digits
 from ..lang.expand import DEFAULT_MAX_LAYERS
+from ..lang.family import DEFAULT_MAX_MEMBERS, parse_set
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
 
 
@@ -40,6 +44,45 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A count with an optional SI suffix: 5000000, 5M, 2.5G, 500k."""
+    return _amount(text, {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12})
+
+
+def _bytes(text: str) -> int:
+    """Bytes with an optional unit: 2GiB, 512MB, 1.5G (G: GiB), 1000000."""
+    binary = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30,
+              "gib": 2**30, "t": 2**40, "tib": 2**40}
+    return _amount(text, {**binary, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12})
+
+
+def _amount(text: str, units: dict) -> int:
+    match = re.fullmatch(r"\s*(\d{1,30}(?:\.\d{0,12})?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if unit not in units:
+        raise argparse.ArgumentTypeError(
+            f"expected a number with an optional unit ({', '.join(u for u in units if u)}), "
+            f"got {clip(repr(text))}")
+    whole, _, fraction = match.group(1).partition(".")
+    scale = units[unit]
+    # Exact for whole numbers and for fractions of a unit: no float rounding.
+    return int(whole) * scale + int(fraction or 0) * scale // 10 ** len(fraction)
+
+
+def set_flag(text: str):
+    """`--set NAME=VALUES`, parsed (lang.family.parse_set): a malformed one is a usage error."""
+    try:
+        return parse_set(text)
+    except CnnDslError as e:   # argparse names the flag itself: "argument --set: ..."
+        raise argparse.ArgumentTypeError(e.message.removeprefix(f"--set {clip(text)}: ")) from None
+
+
+def add_family_flags(p) -> None:
+    p.add_argument("--set", type=set_flag, action="append", default=[], metavar="NAME=VALUES",
+                   help="give a family's variable its values, replacing or adding to the spec's "
+                        "`family:`: N=2, N=0..3 (both ends included), c=16,32, pool?=yes")
+
+
 def add_parser(commands):
     p = commands.add_parser("analyze", help="shapes, fit, params, MACs, memory, receptive field")
     p.add_argument("spec", help="a .yaml/.yml/.cnn file, a zoo name (vgg16), or inline DSL text")
@@ -53,6 +96,21 @@ def add_parser(commands):
                    help="sum layers nested deeper than N name parts into their block's row")
     p.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
                    help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
+    family = p.add_argument_group("families", "a spec with variables (`family:`, --set, `x?`) is "
+                                  "a family of networks: one row per member")
+    add_family_flags(family)
+    family.add_argument("--sample", type=_positive, metavar="K",
+                        help="analyse K members drawn at random (with --seed) instead of all")
+    family.add_argument("--seed", type=_whole, default=0, help="the seed of --sample (default 0)")
+    family.add_argument("--max-members", type=_positive, default=DEFAULT_MAX_MEMBERS,
+                        help=f"refuse a family of more members, before any is analysed "
+                             f"(default {DEFAULT_MAX_MEMBERS:,})")
+    family.add_argument("--max-params", type=_count, metavar="N",
+                        help="prune members with more parameters (5M, 500k, 1000000)")
+    family.add_argument("--max-macs", type=_count, metavar="N", help="prune members with more MACs (2G)")
+    family.add_argument("--max-memory", type=_bytes, metavar="BYTES",
+                        help="prune members whose training-memory estimate (at --batch) is "
+                             "larger (4GiB, 500MB)")
     return p
 
 
@@ -83,6 +141,9 @@ def _analyze(args) -> int:
 
     spec = resolve(args.spec, max_layers=args.max_layers)  # a too long chain: refused unparsed
     check_spec(spec)   # a misspelt `train:` key is an error here too, not only in `train`
+    spec = spec.with_values(args.set)
+    if spec.is_family and _members(spec) > 1:
+        return _analyze_family(args, spec)
     analysis = spec.analyze(strict=args.strict, input=args.input, batch=args.batch,
                             optimizer=args.optimizer, max_layers=args.max_layers)
     if args.json:
@@ -93,3 +154,53 @@ def _analyze(args) -> int:
             print_report(analysis, depth=args.depth)
         print_diagnostics(analysis.diagnostics)
     return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+
+
+def _members(spec) -> int:
+    from ..lang import family
+
+    return family.member_count(family.variables(spec.program, spec.declared).values())
+
+
+def _analyze_family(args, spec) -> int:
+    from ..analysis.family import Limits, analyze_family, family_table, summary_lines
+
+    result = analyze_family(
+        spec, input=args.input, strict=args.strict, batch=args.batch, optimizer=args.optimizer,
+        max_layers=args.max_layers, max_members=args.max_members, sample=args.sample,
+        seed=args.seed, limits=Limits(args.max_params, args.max_macs, args.max_memory))
+    errors = result.errors()
+    if args.json:
+        ordered = result.survivors() + [m for m in result.members if m.pruned]
+        lines = [json.dumps(member.to_dict()) for member in ordered]
+        lines.append(json.dumps({**result.summary(),
+                                 "diagnostics": [d.to_dict() for d in result.notes + errors]}))
+        _print_lines(lines)
+        return EXIT_SPEC_ERROR if errors else EXIT_OK
+    print_diagnostics(result.notes)
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200   # a file or a pipe gets whole lines, not wrapped ones
+    lines = []
+    if result.survivors():
+        with console.capture() as table:
+            console.print(family_table(result), crop=False)
+        lines += [table.get()]    # its lines, each ending in a line break, and an empty one
+    _print_lines(lines + summary_lines(result))
+    print_diagnostics(errors)
+    return EXIT_SPEC_ERROR if errors else EXIT_OK
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Lines on stdout; a reader that stops early (`| head`) is not an error."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the pipe once more when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

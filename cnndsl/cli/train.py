@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import CnnDslError
 from ..training.settings import SETTINGS, add_flags   # torch-free: `cnndsl --help` stays light
+from .analyze import add_family_flags
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, threads_sleep_when_idle
 
 # The flags that set a Config field (argparse dest = field), from the table of settings;
@@ -22,6 +23,7 @@ def add_parser(commands):
     p.add_argument("--out", metavar="DIR", help="where checkpoints and metrics go (default runs/<spec name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from DIR/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh even though DIR holds a run")
+    add_family_flags(p)   # a family trains one member: every variable with one value
     return p
 
 
@@ -33,7 +35,8 @@ def run(args) -> int:
     from ..training.runtime import process_env
     from ..training.settings import make_config
 
-    spec = resolve(args.spec)
+    spec = resolve(args.spec).with_values(args.set)
+    refuse_family(spec, args.spec)
     # The default folder comes from the spec's name, cleaned: always runs/<one plain name>.
     out = Path(args.out) if args.out else rundir.default_out(spec.name)
     flags = {name: getattr(args, name) for name in CONFIG_FLAGS}
@@ -62,6 +65,21 @@ def run(args) -> int:
             print(f"interrupted: {where}", file=sys.stderr)
             return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def refuse_family(spec, argument: str) -> None:
+    """A family is many networks; one of them trains: every variable given one value."""
+    if not spec.is_family:
+        return
+    from ..lang import family
+
+    variables = family.variables(spec.program, spec.declared)
+    several = family.free(variables)
+    if several:
+        total = family.member_count(variables.values())
+        raise CnnDslError(f"{argument} is a family of {total:,} networks ({family.describe(several)}); "
+                          f"train one of them by giving every variable one value, e.g. "
+                          f"{family.pick_flags(several)} (`cnndsl analyze {argument}` lists them)")
 
 
 def _resume_state(out: Path, spec, optimizer: str | None = None) -> dict:

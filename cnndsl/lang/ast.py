@@ -19,14 +19,15 @@ class Num:
 
 @dataclass(frozen=True)
 class Ref:
-    """A block parameter (`c` in `CONV3-c`), or `true` / `false`."""
+    """A block parameter (`c` in `CONV3-c`), a family's variable (`N` in `*N`), a
+    repetition's index (`i` in `*M as i`), or `true` / `false`."""
     name: str
     span: Span
 
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # "+", "-", "*", "//"
+    op: str  # "+", "-", "*", "//", "**"
     left: "Value"
     right: "Value"
     span: Span
@@ -74,8 +75,22 @@ class Chain:
 
 @dataclass(frozen=True)
 class Repeat:
+    """`body*count`, or `body*count as index`: the copies see `index` = 0, 1, ….
+    A label written on it (`layer1: basic(64)*2`) names the group: its copies are
+    counted inside it, `layer1.basic1.`, `layer1.basic2.`."""
     body: "Node"
     count: Value
+    span: Span
+    label: str | None = None
+    index: str | None = None
+
+
+@dataclass(frozen=True)
+class Optional:
+    """`body?`: present or absent, as the family's yes/no variable `choice` says (one
+    choice per `?` written, however often its text is expanded)."""
+    body: "Node"
+    choice: str  # `pool?`, `pool?2`: see lang.family.name_choices
     span: Span
 
 
@@ -87,7 +102,7 @@ class Branch:
     span: Span
 
 
-Node = Unit | Chain | Repeat | Branch
+Node = Unit | Chain | Repeat | Optional | Branch
 
 
 @dataclass(frozen=True)
@@ -103,3 +118,4 @@ class Program:
     """Block definitions and the network chain of one spec."""
     blocks: dict[str, BlockDef] = field(default_factory=dict)
     net: Chain | None = None
+    choices: tuple[str, ...] = ()  # the names of the `?` choices written (lang.family.name_choices)

@@ -21,6 +21,7 @@ import networkx as nx
 
 from . import ast
 from ..errors import CnnDslError, Diagnostic, Span, did_you_mean
+from .family import undeclared_message
 from ..graph import call_note, shape_text
 from ..layers import KINDS, Kind, Opts, join_words
 
@@ -45,21 +46,48 @@ class InputShape:
 
 
 def expand(program: ast.Program, given_input: InputShape | None = None,
-           max_layers: int = DEFAULT_MAX_LAYERS) -> nx.DiGraph:
+           max_layers: int = DEFAULT_MAX_LAYERS, values: dict | None = None,
+           memo: dict | None = None, counted: bool = False) -> nx.DiGraph:
+    """The graph of `program`; `values`, a family member's variables by name (its choices,
+    `pool?`, true or false), seen everywhere, in blocks too, unless a block parameter or a
+    repetition's index of the same name hides them (lang.family). `memo`, a dict kept from
+    one member to the next, remembers each layer's options (analysis.family); `counted`:
+    `variables_read` has checked the layer limit with these values already."""
     _check_block_names(program)
     first, rest = _split_input(program.net)
+    values = values or {}
     try:
         # INPUT is not counted, as the report's `layers` does not count it.
-        _Counter(program.blocks, max_layers).count(ast.Chain(tuple(rest), program.net.span), {})
-        builder = _Builder(program.blocks)
+        if not counted:
+            _Counter(program.blocks, max_layers, values).count(
+                ast.Chain(tuple(rest), program.net.span), values)
+        builder = _Builder(program.blocks, values, memo)
         tail = builder.add_input(first, given_input, program.net.span)
         top = _Scope("")
         for item in rest:
-            tail = builder.add(item, tail, {}, top, ())
+            tail = builder.add(item, tail, values, top, ())
     except RecursionError:
         raise CnnDslError("blocks call each other too deeply", program.net.span) from None
     builder.graph.graph["output"] = tail
     return builder.graph
+
+
+def variables_read(program: ast.Program, values: dict,
+                   max_layers: int = DEFAULT_MAX_LAYERS, memo: dict | None = None) -> frozenset[str]:
+    """The variables of `values` that the expansion of `program` reads: two members that
+    agree on them expand to the same network (`N` is not read when `M` is 0). Read
+    generously: a name written in a layer that is expanded counts, hidden by a block
+    parameter or not. Raises what `expand` would raise for the layer limit."""
+    _, rest = _split_input(program.net)
+    counter = _Counter(program.blocks, max_layers, values, memo)
+    try:
+        counter.count(ast.Chain(tuple(rest), program.net.span), values)
+    except RecursionError:
+        raise CnnDslError("blocks call each other too deeply", program.net.span) from None
+    first = program.net.items[0]
+    if isinstance(first, ast.Unit):
+        counter.read_unit(first)
+    return frozenset(counter.read)
 
 
 # --- values ----------------------------------------------------------------------
@@ -73,7 +101,9 @@ def evaluate_value(value: ast.Value, env: dict):
             return env[value.name]
         if value.name.lower() in ("true", "false"):
             return value.name.lower() == "true"
-        where = f"; parameters here: {', '.join(env)}" if env else ""
+        if not env:   # outside any block: perhaps a family's variable, not declared
+            raise CnnDslError(undeclared_message(value.name, ()), value.span)
+        where = f"; parameters here: {', '.join(env)}"
         raise CnnDslError(f"'{value.name}' is not defined{did_you_mean(value.name, env)}{where}",
                           value.span)
     if isinstance(value, ast.Neg):
@@ -81,11 +111,25 @@ def evaluate_value(value: ast.Value, env: dict):
     left, right = _whole(value.left, env), _whole(value.right, env)
     if value.op == "//" and right == 0:
         raise CnnDslError("division by zero", value.span)
-    result = {"+": left + right, "-": left - right, "*": left * right,
-              "//": left // right if right else 0}[value.op]
+    if value.op == "**":
+        result = _power(left, right, value)
+    else:
+        result = {"+": left + right, "-": left - right, "*": left * right,
+                  "//": left // right if right else 0}[value.op]
     if abs(result) > MAX_VALUE:  # `{9999*9999*…}` must not grow past what a layer can use
         raise CnnDslError(f"{value.span.text()[:80]} is larger than {MAX_VALUE:,}", value.span)
     return result
+
+
+def _power(base: int, exponent: int, value: ast.BinOp) -> int:
+    """`base ** exponent`, refused before it is computed when it would be out of bounds:
+    2**50 is already past MAX_VALUE, so no exponent above 50 is needed."""
+    if exponent < 0:
+        raise CnnDslError(f"the exponent of {value.span.text()[:80]} is {exponent}: "
+                          f"it must be 0 or more (a whole number results)", value.span)
+    if abs(base) > 1 and exponent > 50:
+        raise CnnDslError(f"{value.span.text()[:80]} is larger than {MAX_VALUE:,}", value.span)
+    return base ** exponent
 
 
 def _whole(value: ast.Value, env: dict) -> int:
@@ -96,10 +140,21 @@ def _whole(value: ast.Value, env: dict) -> int:
 
 
 def _repeat_count(node: ast.Repeat, env: dict) -> int:
+    """`x*0` is x absent (the identity), as the notes' N ≥ 0 has it."""
     n = _whole(node.count, env)
-    if n < 1:
-        raise CnnDslError(f"a repeat count must be at least 1, got {n}", node.count.span)
+    if n < 0:
+        raise CnnDslError(f"a repeat count must be at least 0, got {n}", node.count.span)
     return n
+
+
+def _choice(node: ast.Optional, env: dict) -> bool:
+    """Whether `x?` is present in this member."""
+    present = env.get(node.choice)
+    if not isinstance(present, bool):
+        raise CnnDslError(f"'{node.span.text()[:80]}' is optional (the choice {node.choice}): "
+                          f"this spec is a family; give {node.choice} one value "
+                          f"(--set {node.choice}=yes) to build one of its networks", node.span)
+    return present
 
 
 def _bind(block: ast.BlockDef, call: ast.Unit, env: dict) -> dict:
@@ -129,6 +184,17 @@ def _arity_message(block: ast.BlockDef, args) -> str:
 
 # --- layers ----------------------------------------------------------------------
 
+def names_a_layer(name: str) -> bool:
+    """Whether `name` spells a layer of the table, with or without a kernel size.
+
+    >>> names_a_layer("conv3x5"), names_a_layer("RELU"), names_a_layer("ADD"), names_a_layer("foo")
+    (True, True, False, False)
+    """
+    upper = name.upper()
+    match = _HEAD.fullmatch(upper)
+    return _layer(upper) is not None or bool(match and _layer(match.group(1)))
+
+
 def resolve_kind(unit: ast.Unit, blocks=()) -> tuple[Kind, int | tuple[int, int] | None]:
     """The layer kind a name spells, and the kernel size written in it.
 
@@ -144,6 +210,8 @@ def resolve_kind(unit: ast.Unit, blocks=()) -> tuple[Kind, int | tuple[int, int]
         return kind, int(h) if w is None else (int(h), int(w))
     layer_names = sorted(name for name in KINDS if _layer(name) is not None)
     guess = did_you_mean(match.group(1) if match else upper, layer_names)
+    if not guess and unit.args is not None:  # `gatee(GAP)`: a join misspelt
+        guess = did_you_mean(upper, join_words())
     if not guess and not (unit.size or unit.dash or unit.slash or unit.dims):  # a block call?
         guess = did_you_mean(unit.name, blocks).replace("mean", "mean the block") or \
             f", and no block '{unit.name}' is defined"
@@ -243,8 +311,11 @@ class _Scope:
 
 
 class _Builder:
-    def __init__(self, blocks: dict[str, ast.BlockDef]):
+    def __init__(self, blocks: dict[str, ast.BlockDef], values: dict | None = None,
+                 memo: dict | None = None):
         self.blocks = blocks
+        self.values = values or {}   # a family member's variables: every block sees them
+        self.memo = memo             # a layer's (kind, opts, written), by the layer and its names' values
         self.graph = nx.DiGraph()
         self.joins = join_words()
 
@@ -255,14 +326,25 @@ class _Builder:
                 tail = self.add(item, tail, env, scope, calls)
             return tail
         if isinstance(node, ast.Repeat):
-            for _ in range(_repeat_count(node, env)):
-                tail = self.add(node.body, tail, env, scope, calls)
-            return tail
+            return self._repeat(node, tail, env, scope, calls)
+        if isinstance(node, ast.Optional):
+            return self.add(node.body, tail, env, scope, calls) if _choice(node, env) else tail
         if isinstance(node, ast.Branch):
             return self._branch(node, tail, env, scope, calls)
         if node.name in self.blocks:
             return self._call(node, tail, env, scope, calls)
         return self._layer(node, tail, env, scope, calls)
+
+    def _repeat(self, node: ast.Repeat, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
+        if node.label:  # `layer1: basic(64)*2`: layer1.basic1., layer1.basic2.
+            scope = _Scope(f"{scope.prefix}{node.label}.")
+        for i in range(_repeat_count(node, env)):
+            size = len(self.graph)
+            tail = self.add(node.body, tail, {**env, node.index: i} if node.index else env,
+                            scope, calls)
+            if not node.index and len(self.graph) == size:
+                break   # the body is empty here (`(x*0)*1000`): so is every copy
+        return tail
 
     def add_input(self, first: ast.Unit | None, given: InputShape | None, net_span: Span) -> str:
         shape, span = self._input_shape(first, given, net_span)
@@ -280,7 +362,7 @@ class _Builder:
                 f"ImageNet image, {shape_text(IMAGENET_INPUT)}", first.span)]
             return IMAGENET_INPUT, first.span
         if first is not None:
-            opts, _ = layer_options(KINDS["INPUT"], first, None, {})
+            opts, _ = layer_options(KINDS["INPUT"], first, None, self.values)
             written = (opts.channels, opts.height, opts.width)
             if given is None or given.override:
                 return (given.shape if given else written), first.span
@@ -294,17 +376,36 @@ class _Builder:
         return given.shape, given.span or net_span
 
     def _layer(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
-        kind, size = resolve_kind(unit, self.blocks)
-        if kind.name == "INPUT":
-            raise CnnDslError("INPUT can only start the network", unit.span)
-        opts, written = layer_options(kind, unit, size, env)
+        kind, opts, written = self._options(unit, env) if self.memo is not None else \
+            self._resolve(unit, env)
         name = scope.prefix + unit.label if unit.label else scope.name(kind.name.lower())
         self._node(name, kind, opts, written, unit.span, [tail], calls)
         return name
 
+    def _resolve(self, unit: ast.Unit, env: dict):
+        kind, size = resolve_kind(unit, self.blocks)
+        if kind.name == "INPUT":
+            raise CnnDslError("INPUT can only start the network", unit.span)
+        opts, written = layer_options(kind, unit, size, env)
+        return kind, opts, written
+
+    def _options(self, unit: ast.Unit, env: dict):
+        """`_resolve`, remembered for the values of the names the layer writes; the options
+        are copied, as the passes set a bias in them."""
+        names = _names_of(unit, self.memo)
+        # with the types: `true` and 1 are equal keys, but not equal options
+        key = (id(unit), tuple((v, type(v)) for v in map(env.get, names)))
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = self._resolve(unit, env)
+        kind, opts, written = found
+        return kind, Opts(opts), written
+
     def _call(self, unit: ast.Unit, tail: str, env: dict, scope: _Scope, calls: tuple) -> str:
         block = self.blocks[unit.name]
         inner_env = _bind(block, unit, env)
+        if self.values:   # a family's variables, hidden by the block's parameters
+            inner_env = {**self.values, **inner_env}
         prefix = scope.prefix + unit.label if unit.label else scope.name(unit.name)
         try:
             return self.add(block.body, tail, inner_env, _Scope(prefix + "."), calls + (unit,))
@@ -320,12 +421,22 @@ class _Builder:
             scopes = [_Scope(name + ".")]
         else:               # CONCAT(a, b): `concat1.b1.conv1`, `concat1.b2.conv1`
             scopes = [_Scope(f"{name}.b{i}.") for i in range(1, len(branch.chains) + 1)]
-        outputs = [self.add(chain, tail, env, chain_scope, calls)
+        outputs = [self._branch_chain(chain, tail, env, chain_scope, calls)
                    for chain, chain_scope in zip(branch.chains, scopes)]
         if join.identity_branch:  # RES(a) is ADD(a, ID)
             outputs.append(tail)
         # `op` is the join as written (RES), for reports and its mismatch message.
         self._node(name, join.kind, Opts(op=branch.op), frozenset(), branch.span, outputs, calls)
+        return name
+
+    def _branch_chain(self, chain: ast.Chain, tail: str, env, scope: _Scope, calls) -> str:
+        """A join's chain; one that is empty in this member (`(CONV3-8)*0`, `POOL?` absent)
+        is the identity, an ID layer, so that the join still reads one input per chain."""
+        output = self.add(chain, tail, env, scope, calls)
+        if output != tail:
+            return output
+        name = scope.name("id")
+        self._node(name, KINDS["ID"], Opts(), frozenset(), chain.span, [tail], calls)
         return name
 
     def _node(self, name, kind, opts, written, span, inputs, calls=()) -> None:
@@ -337,6 +448,30 @@ class _Builder:
         self.graph.add_node(name, kind=kind, opts=opts, written=written, span=span, calls=calls)
         for port, source in enumerate(inputs):
             self.graph.add_edge(source, name, port=port)
+
+
+def _names(unit: ast.Unit) -> set[str]:
+    """The names a layer's numbers and options are written with (`c` in `CONV3-{2*c}`)."""
+    found: set[str] = set()
+    stack = [unit.size, unit.dash, unit.slash, *(arg.value for arg in unit.args or ())]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, ast.Ref):
+            found.add(value.name)
+        elif isinstance(value, ast.Neg):
+            stack.append(value.operand)
+        elif isinstance(value, ast.BinOp):
+            stack += [value.left, value.right]
+    return found
+
+
+def _names_of(unit: ast.Unit, memo: dict | None) -> tuple[str, ...]:
+    if memo is None:
+        return tuple(_names(unit))
+    names = memo.get(id(unit))
+    if names is None:
+        names = memo[id(unit)] = tuple(sorted(_names(unit)))
+    return names
 
 
 def _bare(unit: ast.Unit) -> bool:
@@ -371,20 +506,52 @@ class _Counter:
     """Counts the layers a net expands to without expanding it, so that a repetition
     bomb like `((X)*1000)*1000)*1000` is refused at once. Also finds recursion."""
 
-    def __init__(self, blocks: dict[str, ast.BlockDef], limit: int):
+    def __init__(self, blocks: dict[str, ast.BlockDef], limit: int, values: dict | None = None,
+                 names: dict | None = None):
         self.blocks, self.limit, self.memo = blocks, limit, {}
+        self.values = values or {}
+        self.names = names   # a layer's names, by id (the memo of `expand`)
+        self.read: set[str] = set()   # the variables of `values` the net reads (variables_read)
+        # Copies of indexed repetitions counted one by one: bounded, so that
+        # `((x*{i*0})*1000 as i)*1000 as j ...` is refused instead of counted for hours.
+        self.steps = 10 * limit
 
     def count(self, node: ast.Node, env: dict, calls: tuple = ()) -> int:
         if isinstance(node, ast.Chain):
             return self._checked(sum(self.count(i, env, calls) for i in node.items), node.span)
         if isinstance(node, ast.Repeat):
+            if self.values:
+                self._read(node.count)
             n = _repeat_count(node, env)
-            return self._checked(self.count(node.body, env, calls) * n, node.span)
+            if n == 0:
+                return 0   # what the body reads is not read
+            if node.index is None:
+                return self._checked(self.count(node.body, env, calls) * n, node.span)
+            return self._indexed(node, n, env, calls)
+        if isinstance(node, ast.Optional):
+            self.read.add(node.choice)
+            return self.count(node.body, env, calls) if env.get(node.choice, True) else 0
         if isinstance(node, ast.Branch):
-            return 1 + sum(self.count(c, env, calls) for c in node.chains)
+            # + 1 for the join; an empty chain becomes an ID layer (at most one per chain)
+            return 1 + sum(max(1, self.count(c, env, calls)) for c in node.chains)
+        if self.values:
+            self.read_unit(node)
         if node.name not in self.blocks:
             return 1
         return self._call(node, env, calls)
+
+    def read_unit(self, unit: ast.Unit) -> None:
+        self.read.update(name for name in _names_of(unit, self.names) if name in self.values)
+
+    def _read(self, value: ast.Value) -> None:
+        if isinstance(value, ast.Ref):
+            if value.name in self.values:
+                self.read.add(value.name)
+        elif isinstance(value, ast.Neg):
+            self._read(value.operand)
+        elif isinstance(value, ast.BinOp):
+            self._read(value.left)
+            self._read(value.right)
 
     def _call(self, unit: ast.Unit, env: dict, calls: tuple) -> int:
         if unit.name in calls:
@@ -392,6 +559,8 @@ class _Counter:
             raise CnnDslError(f"block '{unit.name}' calls itself: {cycle}", unit.span)
         block = self.blocks[unit.name]
         inner_env = _bind(block, unit, env)
+        if self.values:
+            inner_env = {**self.values, **inner_env}
         key = (unit.name, tuple(sorted(inner_env.items(), key=lambda kv: kv[0])))
         if key not in self.memo:
             try:
@@ -399,6 +568,20 @@ class _Counter:
             except CnnDslError as e:
                 raise e.with_note(call_note(unit), unit.span) from None
         return self.memo[key]
+
+    def _indexed(self, node: ast.Repeat, n: int, env: dict, calls: tuple) -> int:
+        """`x*n as i`: each copy may differ (`CONV3-{16*2**i}` keeps its size, but
+        `(CONV3-8)*i` does not), so the copies are counted one by one."""
+        total = 0
+        for i in range(n):
+            self.steps -= 1
+            if self.steps < 0:
+                raise CnnDslError(f"this repetition takes too long to expand: more than "
+                                  f"{10 * self.limit:,} copies of indexed repetitions in all "
+                                  f"(raise --max-layers)", node.span)
+            total = self._checked(total + self.count(node.body, {**env, node.index: i}, calls),
+                                  node.span)
+        return total
 
     def _checked(self, total: int, span: Span) -> int:
         if total > self.limit:

@@ -13,8 +13,10 @@ import lark
 from lark import Transformer, v_args
 
 from . import ast
-from ..errors import MAX_DIGITS, CnnDslError, Fragment, Source, too_many_digits
-from ..layers import join_words
+from ..errors import MAX_DIGITS, CnnDslError, Fragment, Source, did_you_mean, too_many_digits
+from ..layers import KINDS, join_words
+from .expand import names_a_layer
+from .family import choice_base, name_choices
 from ..resources import grammar_text
 
 MAX_NESTING = 100  # brackets deeper than this are refused before Python's recursion limit is near
@@ -30,6 +32,7 @@ _TOKEN_WORDS = {
     "_ARROW": "'->'", "_LPAR": "'('", "_RPAR": "')'", "_LSQB": "'['", "_RSQB": "']'",
     "_LBRACE": "'{'", "_RBRACE": "'}'", "_COMMA": "','", "_EQUAL": "'='", "_COLON": "':'",
     "_MINUS": "'-'", "_SLASH": "'/'", "_STAR": "'*'", "_PLUS": "'+'", "_FLOORDIV": "'//'",
+    "_POW": "'**'", "QMARK": "'?'", "_AS": "'as'",
     "_NL": "a line break", "$END": "the end of the text",
 }
 
@@ -116,8 +119,9 @@ def parse_program(text: str, path: str | None = None) -> ast.Program:
     return _parse(fragment, "start")
 
 
-def parse_net(fragment: Fragment) -> ast.Chain:
-    return _parse(fragment, "net")
+def parse_net(fragment: Fragment, blocks=()) -> ast.Chain:
+    """A YAML `net:`; `blocks`, the names of the spec's blocks, for what a diagnostic says."""
+    return _parse(fragment, "net", blocks)
 
 
 def parse_block(head: Fragment, body: Fragment) -> ast.BlockDef:
@@ -127,14 +131,14 @@ def parse_block(head: Fragment, body: Fragment) -> ast.BlockDef:
     return ast.BlockDef(name, params, chain, span)
 
 
-def _parse(fragment: Fragment, start: str):
+def _parse(fragment: Fragment, start: str, blocks=()):
     try:
         tree = _lark().parse(fragment.text, start=start)
         return _ToAst(fragment).transform(tree)
     except _Unbalanced as e:
         raise CnnDslError(e.message, fragment.span(*e.where)) from None
     except lark.exceptions.UnexpectedInput as e:
-        raise _syntax_error(e, fragment) from None
+        raise _syntax_error(e, fragment, blocks) from None
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, CnnDslError):
             raise e.orig_exc from None
@@ -143,7 +147,7 @@ def _parse(fragment: Fragment, start: str):
         raise CnnDslError("expression nested too deeply", fragment.span(0, len(fragment.text))) from None
 
 
-def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> CnnDslError:
+def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment, blocks=()) -> CnnDslError:
     text = fragment.text
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
         return CnnDslError(f"unexpected character {text[e.pos_in_stream]!r}",
@@ -154,11 +158,19 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, fragment: Fragment) -> Cnn
         return CnnDslError(f"'{reserved}' is a reserved word: {str(reserved).upper()}(...) is a "
                            f"branch, so '{reserved}' cannot name a block",
                            fragment.span(reserved.start_pos, reserved.end_pos))
+    blocks = set(blocks) | _blocks_defined(_value_stack(e))
+    unknown = _unknown_call(e, blocks)
+    if unknown is not None:
+        return CnnDslError(f"unknown layer or block '{unknown}'{_call_guess(str(unknown), blocks)}",
+                           fragment.span(unknown.start_pos, unknown.end_pos))
     if token is None or token.type == "$END":
         end = len(text.rstrip()) or 1
         return CnnDslError(f"the text ends too early; expected {_expected(e)}",
                            fragment.span(end - 1, end))
     span = fragment.span(token.start_pos, max(token.end_pos or 0, token.start_pos + 1))
+    if token.type == "QMARK":
+        return CnnDslError("'?' makes the layer or group just before it optional, but here "
+                           "it follows no layer or group", span)
     if token.type == "_NL":
         return CnnDslError("this line break ends the chain; to continue it, start the next "
                            "line with '->' or keep it inside brackets", span)
@@ -174,8 +186,7 @@ _RESERVED_MISUSE = ((("BRANCH",), None), (("BRANCH", "_LPAR"), {"INT", "FLOAT", 
 def _reserved_word(e, token):
     if token is not None and token.type == "BRANCH" and set(e.expected or ()) == {"NAME"}:
         return token  # a YAML `blocks:` key, or after a label
-    state = getattr(getattr(e, "interactive_parser", None), "parser_state", None)
-    stack = list(state.value_stack) if state is not None else []
+    stack = _value_stack(e)
     kinds = tuple(getattr(v, "type", None) or getattr(v, "data", None) for v in stack)
     for shape, after in _RESERVED_MISUSE:
         if kinds[-len(shape):] == shape and (after is None or getattr(token, "type", None) in after):
@@ -183,6 +194,46 @@ def _reserved_word(e, token):
             # `RES()`, `ADD(3)` are branches written wrong, not block calls.
             return None if len(shape) == 2 and str(word).isupper() else word
     return None
+
+
+def _value_stack(e) -> list:
+    state = getattr(getattr(e, "interactive_parser", None), "parser_state", None)
+    return list(state.value_stack) if state is not None else []
+
+
+def _unknown_call(e, blocks):
+    """`FOO(CONV3-8, ID)`: chains in the parentheses of a name that is no join. The parser
+    fails inside what it reads as FOO's arguments; when FOO is neither a layer of the
+    table nor a block, that name (its token) is the mistake, not the argument."""
+    stack = _value_stack(e)
+    closed = 0
+    for i in range(len(stack) - 1, -1, -1):  # to the innermost bracket still open
+        kind = getattr(stack[i], "type", None)
+        if kind in _CLOSE:
+            closed += 1
+        elif kind in _OPEN and closed:
+            closed -= 1
+        elif kind in _OPEN:
+            name = stack[i - 1] if kind == "_LPAR" and i else None
+            if getattr(name, "type", None) != "NAME":
+                return None  # a group, an {expression}, or a layer with a head: CONV3-64(...)
+            known = str(name) in blocks or names_a_layer(str(name))
+            return None if known else name
+    return None
+
+
+def _blocks_defined(stack) -> set[str]:
+    """The blocks a .cnn file defined before the line being parsed."""
+    return {str(d.children[0].children[0]) for item in stack if isinstance(item, lark.Tree)
+            for d in item.find_data("blockdef")}
+
+
+def _call_guess(name: str, blocks) -> str:
+    """' — did you mean X?' from the table's words (layers and joins), then the blocks."""
+    guess = did_you_mean(name, [k for k in KINDS if not KINDS[k].merge] + list(join_words()))
+    if not guess:
+        guess = did_you_mean(name, blocks).replace("mean", "mean the block")
+    return guess or f"; the words that take chains in parentheses are {', '.join(join_words())}"
 
 
 def _describe(token) -> str:
@@ -232,7 +283,7 @@ class _ToAst(Transformer):
             if block.name in program.blocks:
                 raise CnnDslError(f"block '{block.name}' is defined twice", block.span)
             program.blocks[block.name] = block
-        return program
+        return name_choices(program)
 
     def net(self, meta, children):
         return children[0]
@@ -263,10 +314,31 @@ class _ToAst(Transformer):
         return children[0]
 
     def repeat(self, meta, children):
-        node, *counts = children
-        for count in counts:
-            node = ast.Repeat(node, self._value(count), self._span(meta))
+        """`x*2`, `x*M as i`, `x?`: the postfixes apply left to right, `x*2?` is `(x*2)?`."""
+        node, *postfixes = children
+        times = [i for i, (what, *_) in enumerate(postfixes) if what == "times"]
+        # `layer1: basic(64)*2`: the label names the whole repetition, not each copy.
+        label = node.label if isinstance(node, ast.Unit) and times else None
+        if label is not None:
+            node = ast.Unit(**{**node.__dict__, "label": None})
+        for i, (what, end, *rest) in enumerate(postfixes):
+            span = self.fragment.span(meta.start_pos, end)
+            if what == "times":
+                count, index = rest
+                node = ast.Repeat(node, count, span, label if i == times[-1] else None, index)
+            elif isinstance(node, ast.Optional):
+                raise CnnDslError(f"'{node.span.text()}' is optional already: one '?' is enough",
+                                  self.fragment.span(end - 1, end))
+            else:
+                node = ast.Optional(node, choice_base(node) + "?", span)
         return node
+
+    def times(self, meta, children):
+        count, index = children
+        return "times", meta.end_pos, self._value(count), str(index) if index is not None else None
+
+    def optional(self, meta, children):
+        return "optional", children[0].end_pos
 
     def branch(self, meta, children):
         op, *chains = children
@@ -311,7 +383,8 @@ class _ToAst(Transformer):
             return ast.BinOp(op, left, right, self._span(meta))
         return build
 
-    add, sub, mul, floordiv = _binop("+"), _binop("-"), _binop("*"), _binop("//")
+    add, sub, mul, floordiv, pow = (_binop("+"), _binop("-"), _binop("*"), _binop("//"),
+                                    _binop("**"))
 
     def neg(self, meta, children):
         return ast.Neg(self._value(children[0]), self._span(meta))

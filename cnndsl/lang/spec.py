@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -16,8 +17,8 @@ from pathlib import Path
 from ..analysis.result import Analysis, analyze_graph
 from ..errors import CnnDslError, Fragment, Source, Span, clip, did_you_mean
 from ..layers import KINDS
-from ..resources import zoo_specs
-from . import ast, yaml_spec
+from ..resources import zoo_dir, zoo_specs
+from . import ast, family, yaml_spec
 from .expand import DEFAULT_MAX_LAYERS, InputShape, expand
 from .parser import parse_block, parse_net, parse_program
 
@@ -38,6 +39,8 @@ class Spec:
     fit: str = "floor"                      # or "strict": a misfit is an error
     train: dict = field(default_factory=dict)              # defaults for `cnndsl train`
     train_spans: dict[str, Span] = field(default_factory=dict)  # "optimizer.lr" → its key
+    # A family's variables by name, with their values: `family:` and --set (lang.family).
+    declared: dict[str, family.Variable] = field(default_factory=dict)
 
     @property
     def path(self) -> str | None:
@@ -54,7 +57,29 @@ class Spec:
     def graph(self, input: tuple[int, int, int] | None = None,
               max_layers: int = DEFAULT_MAX_LAYERS):
         given = InputShape(tuple(input), override=True) if input else self.input
-        return expand(self.program, given, max_layers)
+        # A family whose every variable has one value is one network; one of several
+        # members is an error here (`cnndsl analyze` lists them, analysis.family).
+        values = family.single_member(self.program, self.declared)
+        return expand(self.program, given, max_layers, values)
+
+    @property
+    def is_family(self) -> bool:
+        """Whether the spec has variables (declared, set, or a `?`), even single-valued."""
+        return family.is_family(self.program, self.declared)
+
+    def with_values(self, sets: list[tuple[str, "family.Variable"]]) -> "Spec":
+        """This spec with `--set NAME=VALUES` applied: each replaces the declared values of
+        NAME, or declares NAME. A spec that becomes one network is named after its values
+        (`notes[N=2,M=3]`), so that its run folder tells members apart."""
+        if not sets:
+            return self
+        family.check_sets(self.program, sets)
+        declared = family.with_sets(self.declared, sets)
+        variables = family.variables(self.program, declared)
+        name = self.name
+        if all(v.count == 1 for v in variables.values()):
+            name = family.member_name(name, {k: v.values[0] for k, v in variables.items()})
+        return dataclasses.replace(self, name=name, declared=declared)
 
     def analyze(self, strict: bool = False, input: tuple[int, int, int] | None = None,
                 batch: int = 1, optimizer: str | None = None,
@@ -68,10 +93,24 @@ class Spec:
         graph = self.graph(input, max_layers)
         return analyze_graph(self.name, graph, strict or self.fit == "strict", batch, optimizer)
 
-    def compile(self, input: tuple[int, int, int] | None = None, **options):
-        """A `torch.fx.GraphModule` computing this network (imports torch)."""
+    def compile(self, input: tuple[int, int, int] | None = None, weights: str | None = None,
+                **options):
+        """A `torch.fx.GraphModule` computing this network (imports torch).
+
+        `weights`: start from a file's weights, as `cnndsl train --init-from` does: a
+        checkpoint of `cnndsl train` (by name), a state_dict file (by name if its names
+        are mostly the spec's, else by graph order), or `"torchvision:NAME"` (the cached
+        file of torchvision's pretrained NAME, by graph order). What was copied is logged
+        on the `cnndsl` logger (INFO); foreign weights that leave a tensor of the spec
+        unmapped raise `CnnDslError`."""
         from ..backends.torch_fx import compile_spec
-        return compile_spec(self, input=input, **options)
+        module = compile_spec(self, input=input, **options)
+        if weights is not None:
+            import logging
+
+            from ..backends import weights as weight_files
+            logging.getLogger("cnndsl").info("weights %s", weight_files.load(module, weights))
+        return module
 
 def parse(text: str, name: str = "inline", max_bytes: int = MAX_SPEC_BYTES,
           max_layers: int | None = None) -> Spec:
@@ -88,8 +127,12 @@ def parse(text: str, name: str = "inline", max_bytes: int = MAX_SPEC_BYTES,
 
 def load(path: str | Path, max_bytes: int = MAX_SPEC_BYTES, max_layers: int | None = None) -> Spec:
     """A `.yaml`/`.yml` spec or a `.cnn` file (of at most `max_bytes`; `max_layers` as
-    for `parse`)."""
+    for `parse`), or the name of a bundled spec (`resnet50`, `families/notes`)."""
     path = Path(path)
+    if path.suffix not in SPEC_SUFFIXES and not path.exists():
+        bundled = zoo_specs().get(str(path)) or _bundled_in_folder(str(path))
+        if bundled is not None:
+            return load(bundled, max_bytes, max_layers)
     if path.suffix not in SPEC_SUFFIXES:
         raise CnnDslError(f"{path}: a spec file ends in .yaml, .yml or .cnn")
     text = _read(path, max_bytes)
@@ -174,6 +217,16 @@ def _zoo_guess(argument: str, zoo) -> str:
             == argument.lower().translate(_CONFUSABLE)]
     return f" — did you mean '{same[0]}'?" if len(same) == 1 else did_you_mean(argument, zoo)
 
+def _bundled_in_folder(argument: str) -> Path | None:
+    """A bundled spec in a folder of the zoo, named by its path there: `families/notes`."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)+", argument):
+        return None
+    for suffix in SPEC_SUFFIXES:
+        path = zoo_dir() / f"{argument}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
 def resolve(argument: str, max_bytes: int = MAX_SPEC_BYTES, max_layers: int | None = None) -> Spec:
     """What the command line names: a spec file, a zoo name (`vgg16`), or inline DSL
     (`max_bytes` and `max_layers` as for `parse`)."""
@@ -186,6 +239,9 @@ def resolve(argument: str, max_bytes: int = MAX_SPEC_BYTES, max_layers: int | No
     zoo = zoo_specs()
     if argument in zoo:
         return load(zoo[argument])
+    bundled = _bundled_in_folder(argument)
+    if bundled is not None:
+        return load(bundled)
     if info is not None:  # a directory, a device, a FIFO: say so (never open it)
         _refuse_unless_regular(argument, info)
     # `CONV3-8/2` (with --input) is DSL, not a path, though it has a slash.
@@ -209,13 +265,15 @@ def _load_yaml(text: str, path: str, default_name: str, max_layers: int | None =
         raise CnnDslError("the spec has no `net:` (the network chain)", Span(source, 0, 1))
     net = yaml_spec.text_fragment(source, fields["net"], "net")
     _refuse_long_chain(net, max_layers, blocks_possible=False)  # blocks are apart in YAML
-    program = ast.Program(net=parse_net(net))
+    program = ast.Program()
     for key, value in yaml_spec.mapping(source, fields.get("blocks"), "blocks"):
         block = parse_block(yaml_spec.text_fragment(source, key, "a block name"),
                             yaml_spec.text_fragment(source, value, "a block"))
         if block.name in program.blocks:
             raise CnnDslError(f"block '{block.name}' is defined twice", block.span)
         program.blocks[block.name] = block
+    program.net = parse_net(net, blocks=program.blocks)   # the blocks first: for its diagnostics
+    family.name_choices(program)   # the `?` of the net and the blocks, numbered together
     train = yaml_spec.construct(source, fields["train"]) if "train" in fields else {}
     if not isinstance(train, dict):
         raise CnnDslError("`train:` must be a mapping of options", yaml_spec.node_span(source, fields["train"]))
@@ -226,4 +284,5 @@ def _load_yaml(text: str, path: str, default_name: str, max_layers: int | None =
         input=yaml_spec.input_shape(source, fields.get("input")),
         fit=yaml_spec.fit_mode(source, fields.get("fit")),
         train=train, train_spans=yaml_spec.key_spans(source, fields.get("train")),
+        declared=family.from_yaml(source, fields.get("family")),
     )

@@ -14,7 +14,7 @@ import yaml
 from ..errors import CnnDslError, Diagnostic, Fragment, Source, Span, clip, did_you_mean, too_many_digits
 from .expand import InputShape
 
-YAML_KEYS = ("name", "description", "input", "fit", "blocks", "net", "train")
+YAML_KEYS = ("name", "description", "input", "fit", "family", "blocks", "net", "train")
 
 # The values a spec may hold once its aliases are expanded: `&a [*b, *b, ...]` nine levels
 # deep is 600 bytes of YAML and 10⁹ values. A real spec holds a few dozen.
