@@ -11,11 +11,18 @@ from .common import EXIT_OK, threads_sleep_when_idle
 
 def add_parser(commands):
     p = commands.add_parser("features", help="a layer's activations (train/val/test) for a linear classifier")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a checkpoint of `cnndsl train`; with --weights, a spec (a file, a zoo "
+                        "name or inline DSL) instead")
     p.add_argument("--layer", required=True, help="a layer name from `cnndsl analyze` (e.g. fc7, f6)")
+    p.add_argument("--weights", metavar="W",
+                   help="the spec's weights: a checkpoint, a state_dict .pth or torchvision:NAME, "
+                        "as --init-from takes them (images are normalised by the training "
+                        "split's mean and std, as `cnndsl train` does)")
     p.add_argument("--data", help="data source (default: the one it was trained on)")
     p.add_argument("--out", metavar="FILE",
-                   help="FILE.npz or FILE.pt (default: features_<layer>.npz beside CKPT)")
+                   help="FILE.npz or FILE.pt (default: features_<layer>.npz beside CKPT; "
+                        "with --weights, in the current folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace FILE if it exists (never the checkpoint itself)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -30,22 +37,63 @@ def run(args) -> int:
     else:
         if any(sep in args.layer for sep in "/\\\0") or args.layer.startswith("."):
             raise CnnDslError(f"--layer: '{args.layer[:80]}' is not a layer name (`cnndsl analyze` lists them)")
-        out = Path(args.checkpoint).parent / f"features_{args.layer}.npz"
+        folder = Path(".") if args.weights else Path(args.checkpoint).parent
+        out = folder / f"features_{args.layer}.npz"
     if out.suffix not in (".npz", ".pt"):
         raise CnnDslError(f"--out {out}: write features to a .npz or .pt file")
-    check_out(out, Path(args.checkpoint), args.overwrite)
+    source = Path(args.weights or args.checkpoint)   # the file never written over
+    check_out(out, source, args.overwrite)
     from ..training.inference import activations, load_for_inference, write_features
 
-    loaded = load_for_inference(args, layer=args.layer)
+    loaded = _with_weights(args) if args.weights else load_for_inference(args, layer=args.layer)
     arrays = {}
     for name, split in loaded["splits"].items():
         arrays[f"{name}_x"] = activations(loaded, split, args.batch_size, loaded["input_shape"])
         arrays[f"{name}_y"] = split.y.cpu()
-    check_out(out, Path(args.checkpoint), args.overwrite)   # again: it took a while
+    check_out(out, source, args.overwrite)   # again: it took a while
     write_features(out, arrays, loaded["data"].class_names, args.layer)
     shapes = ", ".join(f"{s} {shape_text(arrays[s + '_x'].shape)}" for s in ("train", "val", "test"))
     print(f"wrote {out}: layer {args.layer}; {shapes}")
     return EXIT_OK
+
+
+def _with_weights(args) -> dict:
+    """--weights: the spec (CKPT) up to --layer with those weights, on --data or the spec's
+    data, normalised by the training split's per-channel mean and std as `cnndsl train`
+    normalises it: the notes' pretrained "ConvNet as fixed feature extractor"."""
+    import torch
+
+    from ..backends import weights
+    from ..backends.torch_fx import build_module
+    from ..lang.spec import resolve
+    from ..training.data import load_data
+    from ..training.inference import model_upto
+    from ..training.limits import check_memory
+    from ..training.runtime import start_runtime, worker_count
+    from ..training.settings import make_config
+    from ..training.splits import split_stats
+
+    if args.batch_size < 1:
+        raise CnnDslError(f"--batch-size must be a positive whole number, got {args.batch_size}")
+    spec = resolve(args.checkpoint)
+    config = make_config(spec, {"data": args.data, "device": args.device})
+    analysis = spec.analyze(strict=config.strict)
+    analysis.raise_for_errors()
+    check_memory(analysis, optimizer_states=0)   # before torch allocates the weights
+    whole = build_module(analysis.graph, spec.name)
+    print(f"weights {weights.load(whole, args.weights)}")
+    model = model_upto(analysis, spec.name, args.layer, {"model": whole.state_dict()}, args.weights)
+    rt = start_runtime(config)
+    data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
+                     seed=config.seed, limit=config.limit, cache=config.cache,
+                     workers=worker_count(config.workers), augment=config.augment,
+                     skip_bad=config.skip_bad_images)
+    mean, std = split_stats(data.train, seed=config.seed)
+    return {"model": model.to(rt.device).eval(), "rt": rt, "data": data,
+            "mean": mean.to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "std": std.to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "splits": {"train": data.train, "val": data.val, "test": data.test},
+            "input_shape": analysis.input_shape}
 
 
 def check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:

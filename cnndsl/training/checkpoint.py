@@ -100,8 +100,12 @@ def sigint_deferred():
 def spec_record(spec) -> dict:
     """What a checkpoint keeps of its spec: the text exactly as written, and its format."""
     suffix = Path(spec.path).suffix if spec.path else ""
-    return {"text": spec.text, "digest": spec.digest, "name": spec.name,
-            "suffix": suffix, "path": spec.path or "<inline>"}
+    record = {"text": spec.text, "digest": spec.digest, "name": spec.name,
+              "suffix": suffix, "path": spec.path or "<inline>"}
+    if spec.is_family:   # one member of a family (`--set`): the values that pick it
+        from ..lang import family
+        record["values"] = family.single_member(spec.program, spec.declared)
+    return record
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -316,6 +320,13 @@ def _check_fields(state: dict) -> None:
     _text(spec["text"], "spec.text", MAX_SPEC_TEXT)
     for k in ("digest", "name", "suffix", "path"):
         _text(spec[k], f"spec.{k}")
+    values = _sized(spec.get("values", {}), dict, "spec.values", "dict", MAX_KEYS)
+    for k, v in values.items():
+        where = _key(k, "spec.values")
+        if type(v) not in (int, bool):
+            raise _Damaged(f"{where} is {_type(v)}, expected int or bool")
+        if type(v) is int:
+            _int(v, where, -MAX_INT, MAX_INT)
 
     shape = _sized(state["input_shape"], (list, tuple), "input_shape", "list", 3)
     if len(shape) != 3:
@@ -479,8 +490,13 @@ def spec_of(state: dict, where: str | Path = "checkpoint"):
     text, name = record["text"], record["name"]
     shown = f"{limits.clip(record['path'])} (in {where})"
     if record["suffix"] in (".yaml", ".yml"):
-        return specs._load_yaml(text, shown, default_name=name)
-    spec = specs.parse(text, name=name)
+        spec = specs._load_yaml(text, shown, default_name=name)
+    else:
+        spec = specs.parse(text, name=name)
+    values = record.get("values") or {}
+    if values:   # a family's member: the values it was trained with
+        from ..lang import family
+        spec = spec.with_values([(k, family.Variable(k, (v,))) for k, v in values.items()])
     return spec
 
 
@@ -502,10 +518,21 @@ def state_dict_of(state: dict) -> dict:
 
 def load_weights_file(path: str | Path) -> dict:
     """For --init-from: our checkpoint, or any `torch.save`d state_dict of tensors."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[dict, bool]:
+    """The tensors of our checkpoint or of any `torch.save`d state_dict (torchvision's
+    pretrained files are), and whether the file is one of our checkpoints."""
     path = Path(path)
     state = _read(path, "a readable checkpoint")
-    if isinstance(state, dict) and _is_ours(state):
+    ours = isinstance(state, dict) and _is_ours(state)
+    if ours:
         _check(path, state)
-    if not isinstance(state, dict) or not state_dict_of(state):
-        raise CnnDslError(f"{path}: holds no weights (neither a cnndsl checkpoint nor a state_dict)")
-    return state_dict_of(state)
+    weights = state_dict_of(state) if isinstance(state, dict) else {}
+    if not weights:
+        found = f"a {_type(state)}" if not isinstance(state, dict) else \
+            f"a dict without tensors under text names ({len(state):,} entries)"
+        raise CnnDslError(f"{path}: holds no weights (neither a cnndsl checkpoint nor a "
+                          f"state_dict: it holds {found})")
+    return weights, ours

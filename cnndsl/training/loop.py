@@ -64,15 +64,22 @@ class Run:
     best: dict | None = None
     elapsed: dict = field(default_factory=lambda: {"seconds": 0.0, "train_seconds": 0.0, "images": 0})
     report: "Reporter" = None
+    on_epoch: object = None              # train()'s hook: called after each epoch is saved
 
 
-def train(spec, config: Config, out: str | Path, resume: dict | None = None) -> dict:
+def train(spec, config: Config, out: str | Path, resume: dict | None = None,
+          on_epoch=None) -> dict:
     """Train `spec` as `config` says, writing into `out`; `resume` is a checkpoint to continue.
+
+    `on_epoch(epoch, metrics)`, if given, is called after each epoch's metrics line and
+    checkpoints are written (`epoch` counts from 1; `metrics` is that epoch's record);
+    whatever it raises stops the run there and goes to the caller (`cnndsl sweep` stops
+    a trial that successive halving prunes this way).
 
     Returns the summary (also written to out/summary.json).
     """
     rt = start_runtime(config)
-    run = Run(spec, config, Path(out), rt, report=Reporter(rt.is_main))
+    run = Run(spec, config, Path(out), rt, report=Reporter(rt.is_main), on_epoch=on_epoch)
     try:
         return _train(run, resume)
     finally:
@@ -151,6 +158,8 @@ def _train(run: Run, resume: dict | None) -> dict:
                        "images": run.elapsed["images"] + stats["images"]}
         run.epoch = epoch + 1
         _end_epoch(run, metrics)
+        if run.on_epoch is not None:
+            run.on_epoch(run.epoch, metrics)
 
     # --- test -------------------------------------------------------------------------
     return _finish(run)
@@ -182,14 +191,12 @@ def _place_data(run: Run) -> None:
         d.train.to(rt.device)
 
 
-def _init_from(model, path: str, report) -> None:
-    """Transfer learning (the notes): copy the weights whose names and shapes match."""
-    weights = checkpoint.load_weights_file(path)
-    own = model.state_dict()
-    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matching, strict=False)
-    report.line(f"init-from {path}: loaded {len(matching)} of {len(own)} tensors "
-                f"({len(weights) - len(matching)} in the file did not match by name and shape)")
+def _init_from(model, source: str, report) -> None:
+    """Transfer learning (the notes): our checkpoint's weights wherever names and shapes
+    match, or another layout's (`torchvision:resnet50`, a torchvision .pth) by graph order."""
+    from ..backends import weights
+
+    report.line(f"init-from {weights.load(model, source)}")
 
 
 def freeze_layers(model, analysis, upto: str | None) -> list[str]:
