@@ -15,11 +15,12 @@ from ..errors import CnnDslError
 from . import analyze
 from . import eval
 from . import features
+from . import sweep
 from . import train
 from . import zoo
 from .common import EXIT_INTERRUPTED, EXIT_SPEC_ERROR, EXIT_USAGE, print_diagnostics
 
-COMMANDS = (analyze, zoo, train, eval, features)
+COMMANDS = (analyze, zoo, train, sweep, eval, features)
 
 
 def build_parser() -> argparse.ArgumentParser:
