@@ -106,7 +106,7 @@ def run(folder: Path, repeat: int) -> None:
         (f"analyze {resnet.relative_to(ROOT) if resnet == zoo else 'resnet152 (inline)'}",
          analyze + [str(resnet)], 0.25),
         ("analyze resnet152 --json", analyze + [str(resnet), "--json"], 0.25),
-        *([(f"analyze {largest.relative_to(ROOT)} (largest zoo spec)", analyze + [str(largest)], 0.25)]
+        *([(f"analyze {largest.relative_to(ROOT)} (largest zoo spec)", analyze + [str(largest)], None)]
           if largest else []),
         ("analyze 10k layers", analyze + [str(folder / "deep10k.cnn")], 0.5),
         ("analyze 10k layers --json", analyze + [str(folder / "deep10k.cnn"), "--json"], 0.5),

@@ -13,6 +13,7 @@ import sys
 
 from ..errors import CnnDslError
 from . import analyze
+from . import draw
 from . import eval
 from . import features
 from . import sweep
@@ -20,7 +21,7 @@ from . import train
 from . import zoo
 from .common import EXIT_INTERRUPTED, EXIT_SPEC_ERROR, EXIT_USAGE, print_diagnostics
 
-COMMANDS = (analyze, zoo, train, sweep, eval, features)
+COMMANDS = (analyze, zoo, train, sweep, eval, features, draw)
 
 
 def build_parser() -> argparse.ArgumentParser:

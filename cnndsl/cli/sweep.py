@@ -1,7 +1,6 @@
 """`cnndsl sweep`: train a family's members with Optuna and find the best (training.sweep)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -1,0 +1,63 @@
+"""`cnndsl draw`: a picture of a network, as the lecture notes draw one: a box per layer,
+the output shape on each edge, branches and joins, blocks framed (backends.draw)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CnnDslError
+from ..lang.expand import DEFAULT_MAX_LAYERS
+from .analyze import _input_shape, _positive, add_family_flags
+from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
+
+
+def add_parser(commands):
+    from ..backends.draw import FORMATS
+
+    p = commands.add_parser("draw", help="a picture of the network: .dot, .mmd (Mermaid), "
+                                         ".svg, .png, .pdf")
+    p.add_argument("spec", help="a .yaml/.yml/.cnn file, a zoo name (vgg16), or inline DSL text")
+    p.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help=f"the file to write; its suffix picks the format ({', '.join(FORMATS)}); "
+                        ".svg, .png and .pdf need Graphviz (pip install 'cnndsl[viz]' and its "
+                        "`dot` program)")
+    p.add_argument("--depth", type=_positive, metavar="N",
+                   help="one box per block for layers nested deeper than N name parts")
+    p.add_argument("--input", type=_input_shape, metavar="C,H,W", help="override the spec's input")
+    p.add_argument("--strict", action="store_true", help="a layer that does not fit is an error")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
+                   help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
+    add_family_flags(p)   # a family's member: every variable one value
+    return p
+
+
+def run(args) -> int:
+    from ..backends.draw import drawing
+    from ..lang.spec import resolve
+    from ..training.checkpoint import atomic_write   # torch-free: os and tempfile only
+
+    out = Path(args.out)
+    check_out(out, args.overwrite)
+    spec = resolve(args.spec, max_layers=args.max_layers).with_values(args.set)
+    analysis = spec.analyze(strict=args.strict, input=args.input, max_layers=args.max_layers)
+    content = drawing(analysis, out.suffix.lower(), args.depth)
+    check_out(out, args.overwrite)   # again: rendering a large net takes a while
+    atomic_write(out, lambda f: f.write(content))
+    print(f"wrote {out}: {analysis.name}, {len(analysis.graph) - 1} layers")
+    # A network that does not fit is drawn all the same, its misfits in red.
+    print_diagnostics(analysis.diagnostics)
+    return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """A known suffix; never a folder; an existing file only with --overwrite."""
+    from ..backends.draw import FORMATS
+
+    if out.is_dir():
+        raise CnnDslError(f"-o {out} is a folder: give a file path, e.g. {out / 'net.svg'}")
+    if out.suffix.lower() not in FORMATS:
+        raise CnnDslError(f"-o {out}: the suffix picks the format; give one of {', '.join(FORMATS)}")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise CnnDslError(f"-o {out} already exists: add --overwrite to replace it, or give another -o")
+    if not out.parent.is_dir():
+        raise CnnDslError(f"-o {out}: the folder {out.parent} does not exist")
