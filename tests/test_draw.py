@@ -135,13 +135,16 @@ def test_a_block_lists_its_first_diagnostics_and_counts_the_rest(tmp_path):
 HOSTILE = 'a"<b>{c}|d&e #x\\N\nf'
 
 
-def test_hostile_text_is_escaped_in_dot_and_mermaid(tmp_path):
+def test_hostile_text_is_escaped_in_dot_and_mermaid(tmp_path, capsys):
     spec = tmp_path / "hostile.yaml"
     spec.write_text('name: "a\\"<b>{c}|d&e #x\\\\N\\nf"\ninput: [3, 8, 8]\nnet: CONV3-4\n')
     assert resolve(str(spec)).name == HOSTILE
     _, dot = draw_file(tmp_path, str(spec), ".dot")
     text = dot.read_text()
     assert "label=<a&quot;&lt;b&gt;{c}|d&amp;e #x\\N<BR/>f>" in text
+    # The line that says what was written keeps to one line: the newline is shown as \n.
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and 'a"<b>{c}|d&e #x\\N\\nf' in said, said
     assert "<b>" not in text and '"<' not in text
     # The escapes themselves, on the worst characters of each format.
     assert draw.html_text(HOSTILE) == "a&quot;&lt;b&gt;{c}|d&amp;e #x\\N<BR/>f"

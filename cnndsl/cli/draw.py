@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CnnDslError
+from ..errors import CnnDslError, clip
 from ..lang.expand import DEFAULT_MAX_LAYERS
 from .analyze import _input_shape, _positive, add_family_flags
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
@@ -43,10 +43,17 @@ def run(args) -> int:
     content = drawing(analysis, out.suffix.lower(), args.depth)
     check_out(out, args.overwrite)   # again: rendering a large net takes a while
     atomic_write(out, lambda f: f.write(content))
-    print(f"wrote {out}: {analysis.name}, {len(analysis.graph) - 1} layers")
+    print(f"wrote {out}: {_one_line(analysis.name)}, {len(analysis.graph) - 1} layers")
     # A network that does not fit is drawn all the same, its misfits in red.
     print_diagnostics(analysis.diagnostics)
     return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+
+
+def _one_line(text: str) -> str:
+    """A spec's name for the terminal: control characters (a newline) written as escapes,
+    cut to a sensible length; the name comes from a file anyone may have written."""
+    return clip("".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                        for c in text))
 
 
 def check_out(out: Path, overwrite: bool) -> None:
