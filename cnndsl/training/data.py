@@ -47,9 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CnnDslError, did_you_mean
+from ..errors import CnnDslError
 from . import limits
 from .images import one_line, open_regular
+from .sources import SOURCES, parse_source
 from .splits import FileSplit, TensorSplit, split_stats
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -133,7 +134,7 @@ def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: f
     c, h, w = (int(v) for v in input_shape)
     if c not in (1, 3):
         raise CnnDslError(f"data sets provide 1- or 3-channel images; the network wants {c}")
-    kind, arg, name = _parse_source(source)
+    kind, arg, name = parse_source(source)
     if kind == "wds":   # tar shards: files read by random access, or commands streamed
         from .pipe_shards import runs_command
         from .shards import pipe_splits, shard_splits   # here: shards.py uses this module
@@ -144,7 +145,7 @@ def load_data(source: str, input_shape: tuple[int, int, int], *, val_fraction: f
     if (opts.augment or {}).get("resized_crop"):
         raise CnnDslError(f"augment resized_crop crops each image from its original, so it needs "
                           f"folder:DIR; '{name}' is held in memory at one size (use crop: N)")
-    raw = SOURCES[kind].load(arg, (c, h, w), opts.seed)
+    raw = globals()[SOURCES[kind].load](arg, (c, h, w), opts.seed)
     if kind == "synthetic":
         name = f"synthetic:{arg}"
     return _tensor_splits(raw, name, (c, h, w), opts)
@@ -185,23 +186,6 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- choosing a loader ---------------------------------------------------------------
-
-
-def _parse_source(source: str) -> tuple[str, str, str]:
-    """Split 'kind:arg', checking that the kind exists and takes the argument it needs."""
-    kind, sep, arg = source.strip().partition(":")
-    kind = kind.lower()
-    forms = ", ".join(SOURCE_FORMS)
-    if kind not in SOURCES:
-        hint = did_you_mean(kind, list(SOURCES))
-        if not hint and Path(source).is_dir():
-            hint = f" — for a folder of class sub-folders write 'folder:{source}'"
-        raise CnnDslError(f"unknown data source '{source}'{hint}; valid forms: {forms}")
-    if SOURCES[kind].arg == "dir" and not arg:
-        raise CnnDslError(f"data source '{kind}' needs a directory: write '{kind}:DIR'")
-    if SOURCES[kind].arg == "none" and sep:
-        raise CnnDslError(f"data source '{kind}' takes no argument (it is bundled with scikit-learn)")
-    return kind, arg, source.strip()
 
 
 def _need_dir(path: str, what: str) -> Path:
@@ -517,24 +501,6 @@ def _positive_int(text: str) -> int:
     return n
 
 
-@dataclass(frozen=True)
-class Source:
-    """One form of `--data`: how it is written, what its argument is, what reads it."""
-    form: str                      # as the help and the errors write it
-    arg: str                       # "dir" (required), "none", or "optional"
-    load: object = None            # (arg, shape, seed) -> _Raw; None: a folder (_folder_splits)
-
-
-# Each data source once; the help text, the checks and the loading all come from here.
-SOURCES = {
-    "digits": Source("digits", "none", _load_digits),
-    "mnist": Source("mnist:DIR", "dir", _load_mnist),
-    "cifar10": Source("cifar10:DIR", "dir", _load_cifar10),
-    "folder": Source("folder:DIR", "dir"),
-    "wds": Source("wds:SPEC", "dir"),   # WebDataset .tar shards: a folder, a {a..b} pattern, pipe:CMD
-    "synthetic": Source("synthetic[:N]", "optional", _load_synthetic),
-}
-SOURCE_FORMS = tuple(s.form for s in SOURCES.values())
 
 
 # --- shared helpers -------------------------------------------------------------------
