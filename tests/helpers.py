@@ -5,6 +5,9 @@ tests/conftest.py puts this folder on `sys.path` (pytest runs with
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from cnndsl.cli import main
@@ -74,3 +77,32 @@ def trained_run(folder: Path, spec_text: str, *flags) -> Path:
     (folder / "tiny.yaml").write_text(spec_text)
     assert main(["train", str(folder / "tiny.yaml"), *map(str, flags), "--out", str(folder / "run")]) == 0
     return folder / "run"
+
+
+# A fresh Python in which `import torch` fails, as on a machine without it (with
+# --block), runs `cnndsl <argv>`, then checks that torch is not in sys.modules either:
+# the torch-free commands (analyze, draw, report, completion) are run through it.
+NO_TORCH = textwrap.dedent("""
+    import sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision"):
+                raise ImportError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    if sys.argv[1] == "--block":
+        sys.meta_path.insert(0, NoTorch())
+    from cnndsl.cli import main
+    status = main(sys.argv[2:])
+    sys.stdout.flush()
+    assert "torch" not in sys.modules, f"cnndsl {sys.argv[2]} imported torch"
+    sys.exit(status)
+""")
+
+
+def run_without_torch(*argv: str, block: bool = True, cwd=None) -> subprocess.CompletedProcess:
+    """`cnndsl <argv>` in a fresh interpreter that cannot import torch (block=True) or
+    merely must not (block=False)."""
+    return subprocess.run([sys.executable, "-c", NO_TORCH, "--block" if block else "--allow", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)

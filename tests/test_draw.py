@@ -6,9 +6,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -17,6 +15,8 @@ from cnndsl.backends import draw
 from cnndsl.cli import main
 from cnndsl.lang.family import parse_set
 from cnndsl.lang.spec import resolve
+
+from helpers import run_without_torch
 
 # A residual branch inside a concatenation. Shapes by the notes' formula, by hand:
 # CONV3-8 (pad 1) keeps 16×16; CONCAT stacks 4 + 8 = 12 channels; POOL (2/2) halves.
@@ -220,30 +220,12 @@ def test_refuses_to_overwrite_a_file_or_a_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.svg", "net.dot"]   # no temp files
 
 
-NO_TORCH = textwrap.dedent("""
-    import sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    from cnndsl.cli import main
-    status = main(sys.argv[1:])
-    assert "torch" not in sys.modules, "cnndsl draw imported torch"
-    sys.exit(status)
-""")
-
-
 @pytest.mark.parametrize("suffix", [".dot", ".mmd", ".svg"])
 def test_draw_imports_no_torch(tmp_path, suffix):
     if suffix == ".svg":
         need_graphviz()
     out = tmp_path / f"r{suffix}"
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, "draw", "resnet18", "-o", str(out),
-                           "--depth", "2"], capture_output=True, text=True)
+    done = run_without_torch("draw", "resnet18", "-o", str(out), "--depth", "2")
     assert done.returncode == 0, done.stderr
     assert out.stat().st_size > 0
 

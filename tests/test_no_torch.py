@@ -9,29 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-# A fresh Python in which `import torch` fails, as on a machine without it; it runs
-# `cnndsl <argv>` and then checks that torch is not in sys.modules either.
-NO_TORCH = textwrap.dedent("""
-    import sys
+from helpers import NO_TORCH, run_without_torch
 
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    if sys.argv[1] == "--block":
-        sys.meta_path.insert(0, NoTorch())
-    from cnndsl.cli import main
-    status = main(sys.argv[2:])
-    sys.stdout.flush()
-    assert "torch" not in sys.modules, "cnndsl analyze imported torch"
-    sys.exit(status)
-""")
 
 SPEC = "INPUT(3, 32, 32) -> [CONV3-32 -> BN -> RELU]*2 -> POOL -> RES(CONV3-32 -> BN) -> GAP -> FC-10"
 
@@ -46,14 +28,12 @@ train:
 """
 
 
-def run(*argv: str, block: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, "--block" if block else "--allow", *argv],
-                          capture_output=True, text=True, timeout=60)
+run = run_without_torch
 
 
 def test_the_blocker_blocks():
     result = subprocess.run([sys.executable, "-c", NO_TORCH.replace("from cnndsl.cli import main",
-                                                                     "import torch"), "--block"],
+                                                                     "import torch"), "--block", "analyze"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "blocked by the test" in result.stderr
 
