@@ -672,13 +672,13 @@ def _member_name(header: bytes) -> str:
 # --- the split ---------------------------------------------------------------------------
 
 
-class ShardSplit:
-    """Samples of tar shards decoded in worker processes: `splits.FileSplit`'s interface
-    and seeding (sample i of epoch e is cropped with sample_seed(seed, e, i))."""
+class _ShardRows:
+    """What ShardSplit and PipeSplit share: rows of a shard index, their labels, and how
+    each image is cropped and seeded; `splits.FileSplit`'s interface but `batches`."""
 
-    def __init__(self, table: ShardTable, rows, y: torch.Tensor, shape: tuple[int, int, int],
+    def __init__(self, source, rows, y: torch.Tensor, shape: tuple[int, int, int],
                  recipe: Recipe, seed: int, workers: int, skip_bad: bool = False):
-        self.table, self.rows = table, np.asarray(rows, dtype=np.int64)
+        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
         self.y, self.shape = y, tuple(shape)
         self.recipe, self.seed, self.workers = recipe, seed, workers
         self.skip_bad = skip_bad
@@ -687,9 +687,28 @@ class ShardSplit:
     def __len__(self) -> int:
         return len(self.y)
 
-    def head(self, n: int) -> "ShardSplit":
-        return ShardSplit(self.table, self.rows[:n], self.y[:n], self.shape, self.recipe,
+    def head(self, n: int):
+        return type(self)(self.source, self.rows[:n], self.y[:n], self.shape, self.recipe,
                           self.seed, self.workers, self.skip_bad)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0)
+
+    def to(self, device) -> None:
+        pass   # the shards stay on disk, or behind their commands
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+class ShardSplit(_ShardRows):
+    """Samples of tar shards decoded in worker processes (sample i of epoch e is cropped
+    with sample_seed(seed, e, i)); the source is a `ShardTable`."""
+
+    @property
+    def table(self) -> ShardTable:
+        return self.source
 
     def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
         """The batches, decoded by `workers` processes (none: in this one), in order."""
@@ -706,16 +725,6 @@ class ShardSplit:
             prefetch_factor=4 if workers else None, persistent_workers=False,
             multiprocessing_context="fork" if workers and _can_fork() else None)
         return _raising(loader, self.skipped if self.skip_bad else None)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255.0)
-
-    def to(self, device) -> None:
-        pass   # the shards stay on disk
-
-    @property
-    def nbytes(self) -> int:
-        return 0
 
 
 class _ShardSamples(torch.utils.data.Dataset):
@@ -759,7 +768,7 @@ def shard_splits(spec: str, name: str, shape, opts):
 # --- streamed from commands: wds:pipe: -------------------------------------------------------
 
 
-class PipeSplit:
+class PipeSplit(_ShardRows):
     """Samples of `pipe:` shards (see pipe_shards: its "Epochs" and "Resume"), with
     `splits.FileSplit`'s interface; a stream has no random access, so `batches` reads in
     one of two ways:
@@ -777,21 +786,14 @@ class PipeSplit:
 
     sequential = True   # no random access: a reader should ask for samples in order
 
-    def __init__(self, index, rows, y: torch.Tensor, shape: tuple[int, int, int],
-                 recipe: Recipe, seed: int, workers: int, skip_bad: bool = False):
-        self.index, self.rows = index, np.asarray(rows, dtype=np.int64)
-        self.y, self.shape = y, tuple(shape)
-        self.recipe, self.seed, self.workers = recipe, seed, workers
-        self.skip_bad = skip_bad
-        self.skipped: set[str] = set()
-        self.shards = sorted(set(index.shard_of(self.rows).tolist()))   # those holding its rows
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shards = sorted(set(self.index.shard_of(self.rows).tolist()))   # those holding its rows
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def head(self, n: int) -> "PipeSplit":
-        return PipeSplit(self.index, self.rows[:n], self.y[:n], self.shape, self.recipe,
-                         self.seed, self.workers, self.skip_bad)
+    @property
+    def index(self):
+        """The pipe_shards index of the stream's shards."""
+        return self.source
 
     def batches(self, index_batches, *, epoch: int = 0, train: bool = False):
         lists = [idx.tolist() for idx in index_batches]
@@ -800,16 +802,6 @@ class PipeSplit:
         if train:
             return self._stream([len(idx) for idx in lists], epoch)
         return self._in_order(lists, epoch)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255.0)
-
-    def to(self, device) -> None:
-        pass   # the shards stay behind their commands
-
-    @property
-    def nbytes(self) -> int:
-        return 0
 
     def _collate(self, items):
         """_stack, or the failure of the stream the items came from (see _Failed)."""
