@@ -61,39 +61,20 @@ def _with_weights(args) -> dict:
     """--weights: the spec (CKPT) up to --layer with those weights, on --data or the spec's
     data, normalised by the training split's per-channel mean and std as `cnndsl train`
     normalises it: the notes' pretrained "ConvNet as fixed feature extractor"."""
-    import torch
-
     from ..backends import weights
     from ..backends.torch_fx import build_module
     from ..lang.spec import resolve
-    from ..training.data import load_data
-    from ..training.inference import model_upto
-    from ..training.limits import check_memory
-    from ..training.runtime import start_runtime, worker_count
+    from ..training.inference import analyzed, check_batch_size, model_upto, put_to_use
     from ..training.settings import make_config
-    from ..training.splits import split_stats
 
-    if args.batch_size < 1:
-        raise CnnDslError(f"--batch-size must be a positive whole number, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     spec = resolve(args.checkpoint)
     config = make_config(spec, {"data": args.data, "device": args.device})
-    analysis = spec.analyze(strict=config.strict)
-    analysis.raise_for_errors()
-    check_memory(analysis, optimizer_states=0)   # before torch allocates the weights
+    analysis = analyzed(spec, config)
     whole = build_module(analysis.graph, spec.name)
     print(f"weights {weights.load(whole, args.weights)}")
     model = model_upto(analysis, spec.name, args.layer, {"model": whole.state_dict()}, args.weights)
-    rt = start_runtime(config)
-    data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
-                     seed=config.seed, limit=config.limit, cache=config.cache,
-                     workers=worker_count(config.workers), augment=config.augment,
-                     skip_bad=config.skip_bad_images)
-    mean, std = split_stats(data.train, seed=config.seed)
-    return {"model": model.to(rt.device).eval(), "rt": rt, "data": data,
-            "mean": mean.to(rt.device, torch.float32).view(1, -1, 1, 1),
-            "std": std.to(rt.device, torch.float32).view(1, -1, 1, 1),
-            "splits": {"train": data.train, "val": data.val, "test": data.test},
-            "input_shape": analysis.input_shape}
+    return put_to_use(model, analysis, config)
 
 
 def check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:

@@ -8,35 +8,59 @@ from ..errors import CnnDslError, did_you_mean
 
 def load_for_inference(args, layer: str | None = None) -> dict:
     """The checkpoint's model (up to `layer`, if given) on its device, and its data."""
-    import torch
-
     from . import checkpoint
-    from .data import load_data
-    from .limits import check_memory
-    from .runtime import start_runtime, worker_count
     from .settings import make_config
 
-    if args.batch_size < 1:
-        raise CnnDslError(f"--batch-size must be a positive whole number, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     state = checkpoint.load(args.checkpoint)
     spec = checkpoint.spec_of(state, args.checkpoint)
     config = make_config(spec, {"data": args.data, "device": args.device}, base=state["config"])
+    analysis = analyzed(spec, config)
+    model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
+    norm = state["normalize"]
+    used = put_to_use(model, analysis, config, (norm["mean"], norm["std"]))
+    data = used["data"]
+    if data.num_classes > len(state["class_names"]) and layer is None:
+        raise CnnDslError(f"'{data.name}' has {data.num_classes} classes; {args.checkpoint} was "
+                          f"trained on {len(state['class_names'])}")
+    return used
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise CnnDslError(f"--batch-size must be a positive whole number, got {batch_size}")
+
+
+def analyzed(spec, config):
+    """The spec's analysis, refused with its errors, and refused before torch allocates the
+    weights when they would not fit in memory."""
+    from .limits import check_memory
+
     analysis = spec.analyze(strict=config.strict)
     analysis.raise_for_errors()
-    check_memory(analysis, optimizer_states=0)   # before torch allocates the weights
-    model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
+    check_memory(analysis, optimizer_states=0)
+    return analysis
+
+
+def put_to_use(model, analysis, config, normalize=None) -> dict:
+    """The model in eval mode on the run's device, its data, and the normalisation: the
+    checkpoint's (mean, std) when given, else the training split's, as `cnndsl train`
+    computes it."""
+    import torch
+
+    from .data import load_data
+    from .runtime import start_runtime, worker_count
+    from .splits import split_stats
+
     rt = start_runtime(config)
     data = load_data(config.data, analysis.input_shape, val_fraction=config.val_fraction,
                      seed=config.seed, limit=config.limit, cache=config.cache,
                      workers=worker_count(config.workers), augment=config.augment,
                      skip_bad=config.skip_bad_images)
-    if data.num_classes > len(state["class_names"]) and layer is None:
-        raise CnnDslError(f"'{data.name}' has {data.num_classes} classes; {args.checkpoint} was "
-                          f"trained on {len(state['class_names'])}")
-    norm = state["normalize"]
+    mean, std = normalize if normalize is not None else split_stats(data.train, seed=config.seed)
     return {"model": model.to(rt.device).eval(), "rt": rt, "data": data,
-            "mean": norm["mean"].to(rt.device, torch.float32).view(1, -1, 1, 1),
-            "std": norm["std"].to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "mean": mean.to(rt.device, torch.float32).view(1, -1, 1, 1),
+            "std": std.to(rt.device, torch.float32).view(1, -1, 1, 1),
             "splits": {"train": data.train, "val": data.val, "test": data.test},
             "input_shape": analysis.input_shape}
 
