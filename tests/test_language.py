@@ -369,3 +369,36 @@ def test_a_labelled_repetition_inside_a_block_and_its_compiled_names():
 def test_two_groups_with_one_label_still_name_two_layers():
     with pytest.raises(CnnDslError, match="'a.basic1.res1.conv1' names two layers"):
         cnndsl.parse(BASIC + "INPUT(8, 4, 4) -> a: basic(8)*2 -> a: basic(8)*2").analyze()
+
+
+# --- 4.5 A label becomes a module's attribute ------------------------------------------
+
+
+@pytest.mark.parametrize("label", ["class", "lambda", "train", "training", "forward", "to",
+                                   "graph", "self", "torch", "_modules"])
+def test_a_label_a_module_cannot_hold_is_refused_at_the_label(label):
+    with pytest.raises(CnnDslError) as caught:
+        cnndsl.parse(f"INPUT(3, 8, 8) -> {label}: CONV3-8 -> GAP")
+    assert caught.value.span.col == len("INPUT(3, 8, 8) -> ") + 1
+    assert f"'{label}'" in caught.value.message
+
+
+def test_the_reserved_labels_are_the_names_torch_modules_use():
+    """The list in the (torch-free) parser, checked against torch itself: every public
+    attribute of nn.Module and fx.GraphModule, class or instance, is reserved."""
+    torch = pytest.importorskip("torch", reason="the list is checked against torch's modules")
+    from torch import fx
+
+    from cnndsl.lang.parser import RESERVED_LABELS
+
+    graph = fx.Graph()
+    graph.output(graph.placeholder("x"))
+    module = fx.GraphModule(torch.nn.Module(), graph)
+    used = {n for n in set(dir(module)) | set(vars(module)) if not n.startswith("_")}
+    assert used <= RESERVED_LABELS, sorted(used - RESERVED_LABELS)
+
+
+def test_an_ordinary_label_still_compiles():
+    pytest.importorskip("torch", reason="compiles the network")
+    state = cnndsl.parse("INPUT(3, 8, 8) -> features: CONV3-8 -> head: FC-2").compile().state_dict()
+    assert {"features.weight", "head.weight"} <= set(state)

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import keyword
+
 import functools
 import re
 
@@ -251,6 +253,34 @@ def _expected(e) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
 
 
+# Names a label cannot take, as each becomes an attribute of a compiled module
+# (`self.layer1.conv1`): Python's keywords; the attributes of torch.nn.Module and
+# torch.fx.GraphModule, class and instance (tests/test_language.py checks this list
+# against torch's own); and `self` and `torch`, the names fx's generated forward uses.
+RESERVED_LABELS = frozenset(keyword.kwlist) | frozenset(
+    "T_destination add_module add_submodule apply bfloat16 buffers call_super_init children "
+    "code compile cpu cuda delete_all_unused_submodules delete_submodule double dump_patches "
+    "eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule "
+    "graph half ipu load_state_dict meta modules mtia named_buffers named_children "
+    "named_modules named_parameters parameters print_readable recompile "
+    "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
+    "register_full_backward_hook register_full_backward_pre_hook "
+    "register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module "
+    "register_parameter register_state_dict_post_hook register_state_dict_pre_hook "
+    "requires_grad_ self set_extra_state set_submodule shape_env share_memory state_dict to "
+    "to_empty to_folder torch train training type xpu zero_grad".split())
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot name a layer or a group, or None."""
+    if label.startswith("_"):
+        return f"a label cannot start with '_' ('{label}'): such names are PyTorch's own"
+    if label in RESERVED_LABELS:
+        return (f"'{label}' cannot be a label: a compiled network's modules use that name "
+                "(a Python keyword, or a torch.nn.Module attribute); choose another")
+    return None
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
     """Lark tree → `cnndsl.ast` nodes, each with the span of its text."""
@@ -350,6 +380,9 @@ class _ToAst(Transformer):
 
     def labeled(self, meta, children):
         name, unit = children
+        problem = label_problem(str(name))
+        if problem:
+            raise CnnDslError(problem, self._span(meta))
         return ast.Unit(**{**unit.__dict__, "label": str(name), "span": self._span(meta)})
 
     def unit(self, meta, children):
