@@ -17,7 +17,9 @@ A node's data has two parts, kept apart by name:
 * what the passes compute (`analysis.passes`, in this order)
     bias      resolve_bias: whether a CONV or FC keeps its bias (2.1 of the reference)
     shape     infer_shapes: the output shape, None after an error upstream
-    params, buffers, macs, flops, unshared_params, activations   count_costs
+    window    infer_shapes: a conv's or pool's `layers.Window`, else None
+    params, buffers, macs, flops, unshared_params, activations,
+    requires_grad, training_flops                                count_costs
     rf, jump, grid                                                 receptive_fields
 
 >>> import networkx as nx

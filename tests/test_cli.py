@@ -80,3 +80,14 @@ def test_entry_points(command):
                             cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["output"] == [10]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`cnndsl analyze efficientnet_v2_l | head -1`: the pipe closes while the table is written."""
+    child = subprocess.Popen([sys.executable, "-m", "cnndsl", "analyze", "efficientnet_v2_l"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.readline()
+    child.stdout.close()          # as `head -1` does once it has its line
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 1      # the table (over 100 KB) did not fit the pipe
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

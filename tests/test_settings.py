@@ -37,6 +37,7 @@ FIELDS_BEFORE = {
     "optimizer": "sgd", "lr": None, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
     "warmup_epochs": 0.0, "step_size": None, "gamma": 0.1, "label_smoothing": 0.0, "seed": 0,
     "device": "auto", "bf16": True, "channels_last": True, "compile": False,
+    "tensorboard": False,   # added with the logs (metrics.csv, TensorBoard)
 }
 # The flags of `cnndsl train` before the table (flag → dest).
 FLAGS_BEFORE = {
@@ -49,6 +50,8 @@ FLAGS_BEFORE = {
     "--freeze": "freeze", "--strict": "strict",
     # added with streaming data (a folder read from disk in worker processes)
     "--cache": "cache", "--workers": "workers", "--skip-bad-images": "skip_bad_images",
+    # added with the logs
+    "--tensorboard": "tensorboard",
 }
 
 

@@ -3,8 +3,10 @@ topological order (the graph's node order), as torch.fx passes write `node.meta`
 
 * `resolve_bias`      — `opts["bias"]`: off for a CONV or FC that feeds only a BN, or another
                         layer whose entry `absorbs_bias` (docs/language.md, 2.1)
-* `infer_shapes`      — `shape`, with the fit, volume, groups and branch checks
-* `count_costs`       — `params`, `buffers`, `macs`, `flops`, `unshared_params`, `activations`
+* `infer_shapes`      — `shape`, with the fit, volume, groups and branch checks; `window`
+                        (a conv's or pool's `layers.Window`, else None: made once, read after)
+* `count_costs`       — `params`, `buffers`, `macs`, `flops`, `unshared_params`, `activations`,
+                        `requires_grad`, `training_flops` (forward + backward, `backward_flops`)
 * `receptive_fields`  — `rf` and `jump` per axis (h, w); through branches, the largest
 
 A node whose shape could not be inferred (after an error) has `shape` None, and the
@@ -34,7 +36,7 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
     for name in g:
         node = g.nodes[name]
         xs = [g.nodes[p]["shape"] for p in inputs(g, name)]
-        node["shape"] = None
+        node["shape"] = node["window"] = None
         if any(x is None for x in xs):
             continue
         found: list[Diagnostic] = []
@@ -73,7 +75,8 @@ def _output_shape(node: dict, xs: list[tuple], strict: bool, diagnostics: list) 
         raise CnnDslError(f"{written}: {problem}", node["span"])
     if kind.window is None:
         return tuple(kind.shape(opts, x))
-    hw = _fit_window(kind.window(opts), x[1:], written, node["span"], strict, diagnostics)
+    window = node["window"] = kind.window(opts)
+    hw = _fit_window(window, x[1:], written, node["span"], strict, diagnostics)
     return (kind.out_channels(opts, x[0]),) + hw
 
 
@@ -146,21 +149,49 @@ def count_costs(g: nx.DiGraph) -> None:
     for name in g:
         node = g.nodes[name]
         kind, opts, y = node["kind"], node["opts"], node["shape"]
-        xs = [g.nodes[p]["shape"] for p in inputs(g, name)]
+        sources = [g.nodes[p] for p in inputs(g, name)]
         if y is None:
-            node.update(params=0, buffers=0, macs=0, flops=0, unshared_params=0, activations=0)
+            node.update(params=0, buffers=0, macs=0, flops=0, unshared_params=0, activations=0,
+                        requires_grad=False, training_flops=0)
             continue
+        xs = [source["shape"] for source in sources]
         x = xs if kind.merge else (xs[0] if xs else None)
         macs = kind.macs(opts, x, y)
         params = kind.params(opts, x)
         fan_in = kind.fan_in(opts, x)
+        flops = 2 * macs + kind.flops(opts, x, y)
+        # As autograd decides: an output needs a gradient when a parameter is at or above it.
+        input_grad = any([source["requires_grad"] for source in sources])
         node.update(
-            params=params, buffers=kind.buffers(opts, x), macs=macs,
-            flops=2 * macs + kind.flops(opts, x, y),
+            params=params, buffers=kind.buffers(opts, x), macs=macs, flops=flops,
             # Without sharing, every output neuron has its own weights and bias (the notes' 105,705,600).
             unshared_params=numel(y) * (fan_in + bool(opts.get("bias"))) if fan_in else params,
             activations=numel(y) if kind.allocates else 0,
+            requires_grad=input_grad or params > 0,
+            training_flops=flops + backward_flops(macs, flops, params > 0, input_grad),
         )
+
+
+def backward_flops(macs: int, flops: int, has_params: bool, input_grad: bool) -> int:
+    """FLOPs of a layer's backward pass (docs/analyze.md, "Training FLOPs"):
+
+    * a CONV or FC: 2·MACs for the gradient of its weights, and 2·MACs more for the
+      gradient of its input, unless its input needs none (nothing above it has parameters:
+      the first layer after INPUT), as `torch.autograd` skips it;
+    * everything else the layer computes (a bias, an activation, BN, a pool, a join):
+      as many FLOPs as forward (a bias's gradient sums the output's: 1 per element);
+    * nothing for a layer that neither has parameters nor receives a gradient.
+
+    >>> backward_flops(macs=100, flops=210, has_params=True, input_grad=True)   # CONV, bias
+    410
+    >>> backward_flops(macs=100, flops=210, has_params=True, input_grad=False)  # the first CONV
+    210
+    >>> backward_flops(0, 5, False, True), backward_flops(0, 5, False, False)   # RELU
+    (5, 0)
+    """
+    if not (has_params or input_grad):
+        return 0
+    return 2 * macs * (1 + input_grad) + (flops - 2 * macs)
 
 
 def receptive_fields(g: nx.DiGraph) -> None:
@@ -195,7 +226,7 @@ def _join(node: dict, sources: list[dict]) -> dict:
 def _grow(node: dict, source: dict) -> dict:
     kind, rf, jump = node["kind"], source["rf"], source["jump"]
     if kind.window is not None:
-        w = kind.window(node["opts"])
+        w = node["window"]
         extents = [d * (k - 1) + 1 for k, d in zip(w.kernel, w.dilation)]
         return dict(rf=tuple(r + (e - 1) * j for r, e, j in zip(rf, extents, jump)),
                     jump=tuple(j * s for j, s in zip(jump, w.stride)), grid=node["shape"][1:])

@@ -49,9 +49,16 @@ class Analysis:
     def output(self) -> str:
         return self.graph.graph["output"]
 
-    def layers(self) -> list[dict]:
-        """One row per layer, in order: what the table and `--json` show."""
-        return [self._row(name) for name in self.graph]
+    def layers(self, details: bool = False) -> list[dict]:
+        """One row per layer, in order: what the table and `--json` show. `details` adds
+        each layer's `input_shapes`, `kernel` and `stride`, for the table's columns that
+        show them; --json leaves them out (they would cost a tenth of its time, and what
+        was written, the inputs and their outputs say them already)."""
+        rows = [self._row(name) for name in self.graph]
+        if details:
+            for row in rows:
+                row.update(self._details(row))
+        return rows
 
     def _row(self, name: str) -> dict:
         node = self.graph.nodes[name]
@@ -67,12 +74,19 @@ class Analysis:
             "rf_hw": list(node["rf"]) if node["rf"] else None,
             "jump": max(node["jump"]) if node["jump"] else None,
             "line": span.line, "col": span.col,
+            "training_flops": node["training_flops"],   # added after the keys above
         }
+
+    def _details(self, row: dict) -> dict:
+        window = self.graph.nodes[row["name"]]["window"]
+        return {"input_shapes": [_listed(self.graph.nodes[p]["shape"]) for p in row["inputs"]],
+                "kernel": list(window.kernel) if window else None,
+                "stride": list(window.stride) if window else None}
 
     def totals(self) -> dict:
         nodes = [self.graph.nodes[n] for n in self.graph]
         total = {key: sum(n[key] for n in nodes) for key in
-                 ("params", "buffers", "macs", "flops", "unshared_params")}
+                 ("params", "buffers", "macs", "flops", "unshared_params", "training_flops")}
         activations = sum(n["activations"] for n in nodes)
         total.update(trainable_params=total["params"], activation_elements=activations,
                      layers=len(nodes) - 1, memory=self._memory(total["params"], activations))
@@ -108,6 +122,10 @@ class Analysis:
             "layers": self.layers(),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
+
+
+def _listed(shape: tuple | None) -> list | None:
+    return list(shape) if shape else None
 
 
 def _written(node: dict) -> str:

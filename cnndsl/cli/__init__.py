@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..errors import CnnDslError
 from . import analyze
+from . import completion
 from . import draw
 from . import eval
+from . import export
 from . import features
+from . import plot
+from . import report
 from . import sweep
 from . import train
 from . import zoo
-from .common import EXIT_INTERRUPTED, EXIT_SPEC_ERROR, EXIT_USAGE, print_diagnostics
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_SPEC_ERROR, EXIT_USAGE, print_diagnostics
 
-COMMANDS = (analyze, zoo, train, sweep, eval, features, draw)
+COMMANDS = (analyze, zoo, train, sweep, eval, features, draw, report, export, plot, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader stopped early (`cnndsl analyze resnet152 | head`): not worth a traceback.
+        # stdout goes to /dev/null so that Python's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
-"""`cnndsl analyze`: shapes, fit, params, MACs, memory and receptive field of a spec;
-for a family of networks (lang.family), one row per member (analysis.family)."""
+"""`cnndsl analyze`: shapes, fit, params, MACs, FLOPs, memory and receptive field of a
+spec, as a table, JSON, CSV, Markdown or HTML (analysis.report, analysis.formats); for a
+family of networks (lang.family), one row per member (analysis.family); with --verify,
+the FLOPs checked against torch's FlopCounterMode (analysis.verify, which imports torch)."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import gc
 import json
-
 import re
+from pathlib import Path
 
+from ..analysis.columns import column_help, parse_columns
 from ..errors import CnnDslError, clip, too_many_digits
 from ..lang.expand import DEFAULT_MAX_LAYERS
 from ..lang.family import DEFAULT_MAX_MEMBERS, parse_set
-from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
+from .common import EXIT_ERROR, EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics, check_out
+
+FORMATS = ("table", "json", "csv", "md", "html")
+# -o FILE without --format: its suffix says which.
+SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".md": "md", ".markdown": "md",
+            ".html": "html", ".htm": "html", ".txt": "table"}
 
 
 def _whole(text: str) -> int:
@@ -86,7 +94,16 @@ def add_family_flags(p) -> None:
 def add_parser(commands):
     p = commands.add_parser("analyze", help="shapes, fit, params, MACs, memory, receptive field")
     p.add_argument("spec", help="a .yaml/.yml/.cnn file, a zoo name (vgg16), or inline DSL text")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--format", choices=FORMATS,
+                   help="table (the default), json, csv (one line per layer), md (GitHub "
+                        "Markdown) or html (one standalone page); default: -o's suffix, or table")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("-o", "--out", metavar="FILE", help="write the report to FILE, not stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--columns", metavar="A,B,…", help=column_help())
+    p.add_argument("--verify", action="store_true",
+                   help="check the FLOPs of forward and backward against torch's FlopCounterMode "
+                        "on the built network (needs torch: pip install 'cnndsl[train]')")
     p.add_argument("--strict", action="store_true", help="a layer that does not fit is an error")
     p.add_argument("--input", type=_input_shape, metavar="C,H,W", help="override the spec's input")
     p.add_argument("--batch", type=_positive, default=1, help="batch size for the memory figures")
@@ -139,21 +156,129 @@ def _analyze(args) -> int:
 
     from ..training.settings import check_spec
 
+    fmt = _output_format(args)
+    _parse_columns(args)
+    if args.out:
+        check_out(Path(args.out), args.overwrite, None, "report.md")
     spec = resolve(args.spec, max_layers=args.max_layers)  # a too long chain: refused unparsed
     check_spec(spec)   # a misspelt `train:` key is an error here too, not only in `train`
     spec = spec.with_values(args.set)
     if spec.is_family and _members(spec) > 1:
-        return _analyze_family(args, spec)
+        _refuse_for_families(args)
+        return _analyze_family(args, spec, fmt)
     analysis = spec.analyze(strict=args.strict, input=args.input, batch=args.batch,
                             optimizer=args.optimizer, max_layers=args.max_layers)
-    if args.json:
-        print(json.dumps(analysis.to_dict()))
-    else:
-        if analysis.ok:
-            from ..analysis.report import print_report  # rich: only when a table is printed
-            print_report(analysis, depth=args.depth)
-        print_diagnostics(analysis.diagnostics)
-    return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+    verification = _verify(analysis) if args.verify and analysis.ok else None
+    if fmt == "json":
+        report = analysis.to_dict()
+        if verification:
+            report["verify"] = verification.to_dict()
+        _emit(args, json.dumps(report) + "\n")
+    elif analysis.ok:
+        _emit(args, _document(analysis, fmt, args))
+    print_diagnostics(analysis.diagnostics)
+    if verification and fmt != "json":
+        _print_verification(verification, to_stderr=fmt != "table" and not args.out)
+    if not analysis.ok:
+        return EXIT_SPEC_ERROR
+    return EXIT_ERROR if verification and not verification.agrees else EXIT_OK
+
+
+def _output_format(args) -> str:
+    """--format, else --json, else -o's suffix, else the table. `args.json` then says
+    whether the output is JSON: the command's failures are JSON objects then (cli.main)."""
+    if args.json and args.format not in (None, "json"):
+        raise CnnDslError(f"--json is --format json: give one of --json and --format {args.format}")
+    suffix = Path(args.out).suffix.lower() if args.out else ""
+    fmt = args.format or ("json" if args.json else SUFFIXES.get(suffix, "table"))
+    if args.columns is not None and fmt == "json":
+        raise CnnDslError("--columns picks the columns of the table, csv, md and html; "
+                          "JSON always has every key")
+    args.json = fmt == "json"
+    return fmt
+
+
+def _parse_columns(args) -> None:
+    """--columns' words → its columns; a wrong word is one line, with the valid ones
+    (argparse would print its whole usage first)."""
+    if args.columns is None:
+        return
+    try:
+        args.columns = parse_columns(args.columns)
+    except ValueError as e:
+        raise CnnDslError(f"--columns: {e}") from None
+
+
+def _refuse_for_families(args) -> None:
+    if args.verify:
+        raise CnnDslError("--verify checks one network: pick a member of the family, every "
+                          "variable with one value (--set N=2 ...)")
+    if args.columns is not None:
+        raise CnnDslError("--columns picks the columns of a network's layer table; a family's "
+                          "table has one row per member, with the columns it always has")
+
+
+def _document(analysis, fmt: str, args) -> str | None:
+    """The report as text; None for the table on stdout, which rich prints itself."""
+    if fmt != "table":
+        from ..analysis.report import document   # rich: only when a table is printed
+
+        return document(analysis, fmt, args.depth, args.columns)
+    from ..analysis.report import print_report
+
+    if not args.out:
+        print_report(analysis, depth=args.depth, columns=args.columns)
+        return None
+    console = _file_console()
+    with console.capture() as captured:
+        print_report(analysis, console, depth=args.depth, columns=args.columns)
+    return captured.get()
+
+
+def _file_console():
+    """A console for text that goes to a file: whole lines, no colours."""
+    from rich.console import Console
+
+    return Console(color_system=None, force_terminal=False, highlight=False)
+
+
+def _emit(args, text: str | None) -> None:
+    """`text` to -o FILE (whole or not at all) or to stdout."""
+    if text is None:
+        return
+    if not args.out:
+        _print_lines([text.removesuffix("\n")])
+        return
+    from ..training.checkpoint import atomic_write   # torch-free: os and tempfile only
+
+    check_out(Path(args.out), args.overwrite, None, "report.md")   # again: a large net takes a while
+    atomic_write(Path(args.out), lambda f: f.write(text.encode("utf-8")))
+    print(f"wrote {args.out}")
+
+
+def _verify(analysis):
+    from .common import threads_sleep_when_idle
+
+    threads_sleep_when_idle()
+    try:
+        from ..analysis.verify import verify
+    except ImportError:
+        raise CnnDslError("--verify needs torch: pip install 'cnndsl[train]'") from None
+    return verify(analysis)
+
+
+def _print_verification(verification, to_stderr: bool) -> None:
+    """After the table on stdout; on stderr when stdout carries a CSV, Markdown or HTML
+    document, which stays one well-formed document."""
+    from rich.console import Console
+
+    console = Console(stderr=to_stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = 200
+    console.print()
+    console.print(verification.table(), crop=False)
+    for line in verification.summary_lines():
+        console.print(line, markup=False, crop=False, soft_wrap=True)
 
 
 def _members(spec) -> int:
@@ -162,35 +287,52 @@ def _members(spec) -> int:
     return family.member_count(family.variables(spec.program, spec.declared).values())
 
 
-def _analyze_family(args, spec) -> int:
-    from ..analysis.family import Limits, analyze_family, family_table, summary_lines
+def _analyze_family(args, spec, fmt: str) -> int:
+    from ..analysis.family import Limits, analyze_family
 
     result = analyze_family(
         spec, input=args.input, strict=args.strict, batch=args.batch, optimizer=args.optimizer,
         max_layers=args.max_layers, max_members=args.max_members, sample=args.sample,
         seed=args.seed, limits=Limits(args.max_params, args.max_macs, args.max_memory))
     errors = result.errors()
-    if args.json:
+    if fmt == "json":
         ordered = result.survivors() + [m for m in result.members if m.pruned]
         lines = [json.dumps(member.to_dict()) for member in ordered]
         lines.append(json.dumps({**result.summary(),
                                  "diagnostics": [d.to_dict() for d in result.notes + errors]}))
-        _print_lines(lines)
+        _emit(args, "\n".join(lines) + "\n")
         return EXIT_SPEC_ERROR if errors else EXIT_OK
     print_diagnostics(result.notes)
-    from rich.console import Console
+    if fmt == "table":
+        _emit(args, _family_table(result, _file_console() if args.out else _stdout_console()))
+    else:
+        from ..analysis.report import family_document
 
-    console = Console()
-    if not console.is_terminal:
-        console.width = 200   # a file or a pipe gets whole lines, not wrapped ones
-    lines = []
-    if result.survivors():
-        with console.capture() as table:
-            console.print(family_table(result), crop=False)
-        lines += [table.get()]    # its lines, each ending in a line break, and an empty one
-    _print_lines(lines + summary_lines(result))
+        _emit(args, family_document(result, fmt))
     print_diagnostics(errors)
     return EXIT_SPEC_ERROR if errors else EXIT_OK
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _family_table(result, console) -> str:
+    """The table of surviving members (rendered by `console`), then the summary lines."""
+    from ..analysis.family import family_table, summary_lines
+
+    from ..analysis.report import whole_lines
+
+    lines = []
+    if result.survivors():
+        table = family_table(result)
+        whole_lines(console, table)
+        with console.capture() as captured:
+            console.print(table, crop=False)
+        lines += [captured.get()]    # its lines, each ending in a line break, and an empty one
+    return "\n".join(lines + summary_lines(result)) + "\n"
 
 
 def _print_lines(lines: list[str]) -> None:

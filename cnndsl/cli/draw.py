@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CnnDslError, clip
+from ..errors import clip
 from ..lang.expand import DEFAULT_MAX_LAYERS
 from .analyze import _input_shape, _positive, add_family_flags
-from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics
+from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics, check_out
 
 
 def add_parser(commands):
@@ -37,11 +37,11 @@ def run(args) -> int:
     from ..training.checkpoint import atomic_write   # torch-free: os and tempfile only
 
     out = Path(args.out)
-    check_out(out, args.overwrite)
+    _check_out(out, args.overwrite)
     spec = resolve(args.spec, max_layers=args.max_layers).with_values(args.set)
     analysis = spec.analyze(strict=args.strict, input=args.input, max_layers=args.max_layers)
     content = drawing(analysis, out.suffix.lower(), args.depth)
-    check_out(out, args.overwrite)   # again: rendering a large net takes a while
+    _check_out(out, args.overwrite)   # again: rendering a large net takes a while
     atomic_write(out, lambda f: f.write(content))
     print(f"wrote {out}: {_one_line(analysis.name)}, {len(analysis.graph) - 1} layers")
     # A network that does not fit is drawn all the same, its misfits in red.
@@ -56,15 +56,7 @@ def _one_line(text: str) -> str:
                         for c in text))
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """A known suffix; never a folder; an existing file only with --overwrite."""
+def _check_out(out: Path, overwrite: bool) -> None:
     from ..backends.draw import FORMATS
 
-    if out.is_dir():
-        raise CnnDslError(f"-o {out} is a folder: give a file path, e.g. {out / 'net.svg'}")
-    if out.suffix.lower() not in FORMATS:
-        raise CnnDslError(f"-o {out}: the suffix picks the format; give one of {', '.join(FORMATS)}")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise CnnDslError(f"-o {out} already exists: add --overwrite to replace it, or give another -o")
-    if not out.parent.is_dir():
-        raise CnnDslError(f"-o {out}: the folder {out.parent} does not exist")
+    check_out(out, overwrite, FORMATS, "net.svg")

@@ -28,8 +28,9 @@ from ..analysis.result import OPTIMIZER_STATES
 from ..backends.torch_fx import build_module
 from ..errors import CnnDslError, did_you_mean
 from ..graph import shape_text
-from . import checkpoint, limits, rundir, throughput
+from . import checkpoint, limits, logs, rundir, throughput
 from .augment import build_augment
+from .curves import LINE_LIMIT, READ_LIMIT as METRICS_LIMIT, skip_line
 from .data import load_data
 from .splits import split_stats
 from .evaluate import evaluate
@@ -64,6 +65,7 @@ class Run:
     best: dict | None = None
     elapsed: dict = field(default_factory=lambda: {"seconds": 0.0, "train_seconds": 0.0, "images": 0})
     report: "Reporter" = None
+    logs: logs.RunLogs | None = None     # metrics.csv, TensorBoard (rank 0 only)
     on_epoch: object = None              # train()'s hook: called after each epoch is saved
 
 
@@ -83,6 +85,8 @@ def train(spec, config: Config, out: str | Path, resume: dict | None = None,
     try:
         return _train(run, resume)
     finally:
+        if run.logs is not None:
+            run.logs.close()
         run.report.close()
         stop_runtime(rt)
 
@@ -92,6 +96,7 @@ def _train(run: Run, resume: dict | None) -> dict:
     torch.manual_seed(c.seed)
     if rt.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
+        logs.require(c.tensorboard)   # a missing tensorboard package is said before any work
 
     # --- data -------------------------------------------------------------------------
     run.analysis = analysis = run.spec.analyze(strict=c.strict)
@@ -133,11 +138,13 @@ def _train(run: Run, resume: dict | None) -> dict:
     run.steps_per_epoch = len(epoch_batches(len(data.train), c.batch_size, rt.world))
     if resume is not None:
         _restore(run, resume)
-    truncate_metrics(run.out / "metrics.jsonl", run.epoch, rt, say=run.report.line)
+    truncate_metrics(run.out / rundir.METRICS_NAME, run.epoch, rt, say=run.report.line)
     if resume is None and rt.is_main:
         # --overwrite: the old run's files go now that this one can start (data and model
         # are ready), so the folder never mixes the old checkpoints with new metrics.
         rundir.remove_outputs(run.out)
+    if rt.is_main:   # metrics.csv and TensorBoard continue from metrics.jsonl as cut back
+        run.logs = logs.RunLogs(run.out, c.tensorboard, run.epoch, say=run.report.line)
     _announce(run, frozen)
 
     # --- the loop: train an epoch, validate, log, checkpoint --------------------------
@@ -326,10 +333,11 @@ def _end_epoch(run: Run, metrics: dict) -> None:
     if not run.rt.is_main:
         return
     with checkpoint.sigint_deferred():
-        with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(run.out / rundir.METRICS_NAME, "a", encoding="utf-8") as f:
             f.write(rundir.dumps(metrics) + "\n")   # NaN would be written as null
             f.flush()
             os.fsync(f.fileno())
+        run.logs.write(metrics)   # after metrics.jsonl, from which a resume rebuilds them
         state = checkpoint_state(run)
         # Order: metrics line, best.pt, then last.pt. Killed between the two, best.pt is
         # one epoch ahead of last.pt, never behind it: resuming redoes that epoch and
@@ -390,10 +398,6 @@ def _restore(run: Run, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-METRICS_LIMIT = 64 * 2 ** 20   # read at most this much of metrics.jsonl when resuming
-LINE_LIMIT = 2 ** 20           # a longer line is no epoch record
-
-
 def truncate_metrics(path: Path, epoch: int, rt: Runtime, say=None) -> None:
     """Keep only the records of epochs 1..epoch: those after the checkpoint are redone.
 
@@ -429,7 +433,7 @@ def _read_metrics(path: Path, epoch: int) -> tuple[list[str], bool, str | None]:
                 break
             budget -= len(line)
             if len(line) > LINE_LIMIT and not line.endswith(b"\n"):   # overlong: no record
-                budget -= _skip_line(f, budget)
+                budget -= skip_line(f, budget)
                 changed = True
                 continue
             record = _epoch_record(line, last, epoch)
@@ -442,17 +446,6 @@ def _read_metrics(path: Path, epoch: int) -> tuple[list[str], bool, str | None]:
             last = record["epoch"]
         changed |= bool(f.read(1))   # the lines of epochs after the checkpoint
     return kept, changed, None
-
-
-def _skip_line(f, budget: int) -> int:
-    """Read past the rest of an overlong line in pieces, at most about `budget` bytes."""
-    read = 0
-    while read <= budget:
-        piece = f.readline(LINE_LIMIT)
-        read += len(piece)
-        if not piece or piece.endswith(b"\n"):
-            break
-    return read
 
 
 def _epoch_record(line: bytes, after: int, epoch: int) -> dict | None:

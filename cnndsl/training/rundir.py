@@ -26,6 +26,11 @@ from ..errors import CnnDslError
 RUNS = Path("runs")
 NAME_LIMIT = 100
 LOCK_NAME = ".lock"
+# The run's logs: one JSON record per epoch, the same as CSV, and TensorBoard's events.
+METRICS_NAME = "metrics.jsonl"
+CSV_NAME = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+EVENTS_GLOB = "events.out.tfevents.*"   # the files a TensorBoard writer creates
 
 
 def default_name(name) -> str:
@@ -141,11 +146,18 @@ def dumps(value, **kwargs) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
-OUTPUTS = ("last.pt", "best.pt", "summary.json")   # what a run writes, besides metrics.jsonl
+OUTPUTS = ("last.pt", "best.pt", "summary.json")   # besides the logs, rewritten from metrics.jsonl
 
 
 def remove_outputs(out: Path) -> None:
-    """Remove a previous run's checkpoints and summary (only those: nothing else in DIR)."""
-    for name in OUTPUTS:
+    """Remove a previous run's checkpoints, summary and TensorBoard events (only those:
+    nothing else in DIR, nor in DIR/tensorboard)."""
+    for path in [out / name for name in OUTPUTS] + tensorboard_events(out):
         with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
+            path.unlink()
+
+
+def tensorboard_events(out: Path) -> list[Path]:
+    """The TensorBoard event files in the run folder `out`."""
+    found = (out / TENSORBOARD_DIR).glob(EVENTS_GLOB)
+    return sorted(p for p in found if p.is_file() or p.is_symlink())   # never a folder

@@ -149,6 +149,11 @@ SETTINGS = (
             "convolutions want", flag="--no-channels-last", help="on CUDA, keep the NCHW memory layout"),
     Setting("compile", bool, False, "torch.compile the model: faster steps after a slow first one",
             flag="--compile", help="torch.compile the model"),
+    # outputs
+    Setting("tensorboard", bool, False, "TensorBoard's event files in DIR/tensorboard, each "
+            "epoch's numbers as scalars (metrics.csv is written either way)",
+            key="tensorboard", flag="--tensorboard",
+            help="also log each epoch to DIR/tensorboard for TensorBoard (metrics.csv is always written)"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

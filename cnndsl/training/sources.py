@@ -27,6 +27,8 @@ SOURCES = {
     "synthetic": Source("synthetic[:N]", "optional", "_load_synthetic"),
 }
 SOURCE_FORMS = tuple(s.form for s in SOURCES.values())
+# What shell completion offers: a form that needs a folder ends at its colon.
+DATA_FORMS = tuple(kind + (":" if s.arg == "dir" else "") for kind, s in SOURCES.items())
 
 
 def parse_source(source: str) -> tuple[str, str, str]:

@@ -48,7 +48,7 @@ MISSING = "cnndsl sweep needs Optuna: pip install 'cnndsl[sweep]'"
 MAX_SKIPS = 20          # suggestions in a row that train nothing before one is enqueued
 HEARTBEAT_SECONDS = 60  # a trial silent for GRACE_SECONDS (another machine died) fails
 GRACE_SECONDS = 300
-HARDWARE = ("device", "workers", "bf16", "channels_last", "compile")   # not in the digest
+HARDWARE = ("device", "workers", "bf16", "channels_last", "compile", "tensorboard")   # not in the digest
 
 
 def require_optuna():
