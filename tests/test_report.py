@@ -99,8 +99,11 @@ def test_a_row_per_layer_a_row_per_block_and_the_totals(tmp_path, capsys):
     layers = analysis.layers()
     assert [cells[0] for cells in page.layers()] == [row["name"] for row in layers]
     conv1 = page.layers()[1]
-    # layer, written, output, params, MACs, FLOPs, activations, RF, inputs
-    assert conv1 == ["conv1", "CONV3-8", "8×16×16", "224", "55,296", "112,640", "2,048", "3", "input"]
+    # layer, written, output, params, MACs, FLOPs, training FLOPs, activations, RF, inputs;
+    # training FLOPs: forward + the weights' gradient (2 per MAC) + the bias's (1 per output),
+    # no input gradient after INPUT (docs/analyze.md, "Training FLOPs")
+    assert conv1 == ["conv1", "CONV3-8", "8×16×16", "224", "55,296", "112,640",
+                     f"{112_640 + 2 * 55_296 + 2_048:,}", "2,048", "3", "input"]
     # Blocks: concat1 (its branches), concat1.b1, concat1.b2, concat1.b2.res1; each row
     # comes before its first layer and sums its descendants (not the join concat1 itself).
     blocks = page.blocks()

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import CnnDslError, clip
-from ..graph import shape_text
 
 # --- the page --------------------------------------------------------------------------
 
@@ -461,23 +460,24 @@ def _charts(analysis, rows: list[dict]) -> str:
 # --- the layer table ---------------------------------------------------------------------
 
 
-def _count(key: str):
-    return lambda row: f"{row[key]:,}"
+# The table's columns, as `cnndsl analyze --columns` declares them (analysis.columns).
+SHOWN = ("layer", "written", "output", "params", "macs", "flops", "training_flops",
+         "activations", "rf", "inputs")
+SUMMED = ("params", "macs", "flops", "training_flops", "activations")   # a block's row sums them
 
 
-# (header, how the script sorts it, the cell's text of a row of Analysis.layers())
-COLUMNS = (
-    ("layer", "text", lambda row: row["name"]),
-    ("written", "text", lambda row: row["layer"]),
-    ("output", "shape", lambda row: shape_text(row["output"])),
-    ("params", "num", _count("params")),
-    ("MACs", "num", _count("macs")),
-    ("FLOPs", "num", _count("flops")),
-    ("activations", "num", _count("activations")),
-    ("RF", "num", lambda row: f"{row['rf']:,}" if row["rf"] else ""),
-    ("inputs", "text", lambda row: ", ".join(row["inputs"])),
-)
-SUMMED = ("params", "macs", "flops", "activations")
+def _report_columns() -> tuple:
+    """(header, how the script sorts it, the cell's text of a row of Analysis.layers())."""
+    from ..analysis.columns import COLUMNS as DECLARED, cells
+
+    def kind(column) -> str:
+        return "shape" if column.name == "output" else "num" if column.justify == "right" else "text"
+
+    return tuple((c.header, kind(c), lambda row, c=c: cells((c,), row, {})[0])
+                 for c in map(DECLARED.get, SHOWN))
+
+
+COLUMNS = _report_columns()
 
 
 def _layer_table(rows: list[dict], messages: dict, depth: int | None) -> str:
