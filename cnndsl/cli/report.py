@@ -3,22 +3,17 @@ analysis (backends.html_report) — totals, diagram, charts, the layer table, di
 and, for a training run's folder, its curves, summary and settings.
 
 Torch-free, also for a run folder: the spec a run trained is read from its checkpoint's
-zip without torch (`read_run`), by an unpickler that builds only dicts, lists, numbers
+zip without torch (`checkpoint.read_plain`), by an unpickler that builds only dicts, lists, numbers
 and text and refuses every other object. Every file of a run folder is hostile and read
 bounded; a damaged metrics line is skipped with a note.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
-import io
 import json
 import math
-import pickle
-import zipfile
 from pathlib import Path
 
-from ..errors import CnnDslError, clip
+from ..errors import CnnDslError
 from ..lang.expand import DEFAULT_MAX_LAYERS
 from .analyze import _input_shape, _positive, add_family_flags
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics, check_out
@@ -133,8 +128,6 @@ def _optimizer(settings: dict) -> str:
 
 # --- a run's checkpoint, without torch ---------------------------------------------------
 
-MAX_PICKLE = 64 * 2 ** 20    # bytes of a checkpoint's data.pkl (the structure, not the tensors)
-
 
 def read_checkpoint(folder: Path) -> tuple[dict, str]:
     """The dict a run's last.pt (else best.pt) holds, tensors left out, its spec checked
@@ -145,91 +138,7 @@ def read_checkpoint(folder: Path) -> tuple[dict, str]:
     if path is None:
         raise CnnDslError(f"{folder}: no last.pt or best.pt: not the folder of a `cnndsl train` "
                           "run (or it stopped before its first epoch ended)")
-    with checkpoint._open_regular(path) as f:
-        checkpoint._check_zip(path, f)
-        state = _unpickle(path, _data_pkl(path, f))
-    _check_state(path, state)
-    return state, str(path)
-
-
-def _data_pkl(path: Path, f) -> bytes:
-    """torch.save's zip holds the object's structure in `<folder>/data.pkl`; the tensors'
-    bytes are other members, which this never reads."""
-    try:
-        with zipfile.ZipFile(f) as z:
-            members = [m for m in z.infolist() if m.filename.endswith("/data.pkl")
-                       and m.filename.count("/") == 1]
-            if len(members) != 1:
-                raise CnnDslError(f"{path}: not a cnndsl checkpoint (no data.pkl in its zip)")
-            if members[0].file_size > MAX_PICKLE:
-                raise CnnDslError(f"{path}: refused: its data.pkl is {members[0].file_size:,} bytes, "
-                                  f"more than {MAX_PICKLE:,}")
-            with z.open(members[0]) as member:
-                return member.read(MAX_PICKLE + 1)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CnnDslError(f"{path}: not a readable cnndsl checkpoint: {clip(str(e))}") from None
-
-
-class _Tensor:
-    """What a tensor (or its storage) of the checkpoint becomes: nothing is read of it."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, tuples, numbers and text, and `_Tensor`s for torch's tensors;
-    any other class or function named in the pickle is refused, never looked up (the
-    restriction the Python docs give for unpickling untrusted data)."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module == "torch" and name.endswith("Storage")) or (
-                module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter")):
-            return _Tensor
-        raise pickle.UnpicklingError(f"it names {clip(module, 60)}.{clip(name, 60)}, which is "
-                                     "not plain data")
-
-    def persistent_load(self, pid):
-        return _Tensor()
-
-
-def _unpickle(path: Path, data: bytes):
-    if len(data) > MAX_PICKLE:
-        raise CnnDslError(f"{path}: refused: its data.pkl is larger than {MAX_PICKLE:,} bytes")
-    try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, RecursionError, UnicodeError, OverflowError) as e:
-        raise CnnDslError(f"{path}: not a readable cnndsl checkpoint: {clip(str(e), 160)}") from None
-
-
-def _check_state(path: Path, state) -> None:
-    """The checks of `checkpoint.load` that concern the spec: ours, this version, the
-    spec's fields text, the text matching its sha256."""
-    from ..training import checkpoint
-
-    if not isinstance(state, dict) or state.get("format") != checkpoint.FORMAT:
-        raise CnnDslError(f"{path}: not a cnndsl checkpoint")
-    if type(state.get("version")) is not int or state["version"] != checkpoint.VERSION:
-        raise CnnDslError(f"{path}: not a checkpoint version {checkpoint.VERSION} "
-                          "(the version this cnndsl reads)")
-    spec = state.get("spec")
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) for k in checkpoint.SPEC_KEYS):
-        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: its spec record is incomplete")
-    if len(spec["text"]) > checkpoint.MAX_SPEC_TEXT:
-        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: its spec text is too long")
-    if hashlib.sha256(spec["text"].encode("utf-8", "surrogatepass")).hexdigest() != spec["digest"]:
-        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: the spec text does not match its sha256")
-    values = spec.get("values", {})
-    if not isinstance(values, dict) or len(values) > checkpoint.MAX_KEYS or not all(
-            isinstance(k, str) and type(v) in (int, bool) and abs(v) <= checkpoint.MAX_INT
-            for k, v in values.items()):
-        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: spec.values is not names and whole numbers")
+    return checkpoint.read_plain(path), str(path)
 
 
 # --- metrics.jsonl and summary.json ------------------------------------------------------

@@ -12,13 +12,17 @@ leaves either the old checkpoint or the new one, never a torn file.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import io
 import itertools
 import os
+import pickle
 import signal
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 from ..errors import CnnDslError
@@ -163,8 +167,6 @@ def _check_zip(path: Path, f) -> None:
     or whose large members are compressed more than `limits.ZIP_MAX_RATIO`:1 (torch.save
     stores its members uncompressed). Sizes are those the central directory declares,
     which is what torch's reader allocates. Not a zip: left to torch.load to judge."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(f) as z:
             members = z.infolist()
@@ -536,3 +538,96 @@ def read_weights(path: str | Path) -> tuple[dict, bool]:
         raise CnnDslError(f"{path}: holds no weights (neither a cnndsl checkpoint nor a "
                           f"state_dict: it holds {found})")
     return weights, ours
+
+
+# --- a checkpoint read without torch (cnndsl report) -----------------------------------
+
+MAX_PICKLE = 64 * 2 ** 20    # bytes of a checkpoint's data.pkl (the structure, not the tensors)
+
+
+def read_plain(path: Path) -> dict:
+    """The dict a checkpoint holds, its tensors left out (placeholders), read without torch
+    by an unpickler that builds only plain data; its spec checked as `load` checks it."""
+    with _open_regular(path) as f:
+        _check_zip(path, f)
+        state = _unpickle(path, _data_pkl(path, f))
+    _check_state(path, state)
+    return state
+
+
+def _data_pkl(path: Path, f) -> bytes:
+    """torch.save's zip holds the object's structure in `<folder>/data.pkl`; the tensors'
+    bytes are other members, which this never reads."""
+    try:
+        with zipfile.ZipFile(f) as z:
+            members = [m for m in z.infolist() if m.filename.endswith("/data.pkl")
+                       and m.filename.count("/") == 1]
+            if len(members) != 1:
+                raise CnnDslError(f"{path}: not a cnndsl checkpoint (no data.pkl in its zip)")
+            if members[0].file_size > MAX_PICKLE:
+                raise CnnDslError(f"{path}: refused: its data.pkl is {members[0].file_size:,} bytes, "
+                                  f"more than {MAX_PICKLE:,}")
+            with z.open(members[0]) as member:
+                return member.read(MAX_PICKLE + 1)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise CnnDslError(f"{path}: not a readable cnndsl checkpoint: {limits.clip(str(e))}") from None
+
+
+class _Tensor:
+    """What a tensor (or its storage) of the checkpoint becomes: nothing is read of it."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, numbers and text, and `_Tensor`s for torch's tensors;
+    any other class or function named in the pickle is refused, never looked up (the
+    restriction the Python docs give for unpickling untrusted data)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module == "torch" and name.endswith("Storage")) or (
+                module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter")):
+            return _Tensor
+        raise pickle.UnpicklingError(f"it names {limits.clip(module, 60)}.{limits.clip(name, 60)}, which is "
+                                     "not plain data")
+
+    def persistent_load(self, pid):
+        return _Tensor()
+
+
+def _unpickle(path: Path, data: bytes):
+    if len(data) > MAX_PICKLE:
+        raise CnnDslError(f"{path}: refused: its data.pkl is larger than {MAX_PICKLE:,} bytes")
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, RecursionError, UnicodeError, OverflowError) as e:
+        raise CnnDslError(f"{path}: not a readable cnndsl checkpoint: {limits.clip(str(e), 160)}") from None
+
+
+def _check_state(path: Path, state) -> None:
+    """The checks of `checkpoint.load` that concern the spec: ours, this version, the
+    spec's fields text, the text matching its sha256."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CnnDslError(f"{path}: not a cnndsl checkpoint")
+    if type(state.get("version")) is not int or state["version"] != VERSION:
+        raise CnnDslError(f"{path}: not a checkpoint version {VERSION} "
+                          "(the version this cnndsl reads)")
+    spec = state.get("spec")
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) for k in SPEC_KEYS):
+        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: its spec record is incomplete")
+    if len(spec["text"]) > MAX_SPEC_TEXT:
+        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: its spec text is too long")
+    if hashlib.sha256(spec["text"].encode("utf-8", "surrogatepass")).hexdigest() != spec["digest"]:
+        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: the spec text does not match its sha256")
+    values = spec.get("values", {})
+    if not isinstance(values, dict) or len(values) > MAX_KEYS or not all(
+            isinstance(k, str) and type(v) in (int, bool) and abs(v) <= MAX_INT
+            for k, v in values.items()):
+        raise CnnDslError(f"{path}: damaged cnndsl checkpoint: spec.values is not names and whole numbers")
