@@ -348,6 +348,11 @@ def test_an_epoch_stopped_early_leaves_no_process(six, tmp_path, monkeypatch):
                       for k in range(6)]
     loader = split.batches([torch.zeros(2, dtype=torch.int64)] * 12, epoch=0, train=True)
     next(loader)
+    # Each of the 2 workers starts a command as it begins its shards; on a loaded machine
+    # the second may begin after the first batch is back: wait for it (the test needs two).
+    deadline = time.monotonic() + 30
+    while len(pids.read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     loader.close()
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) >= 2 and none_left(started)
