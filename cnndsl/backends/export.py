@@ -111,14 +111,11 @@ def from_checkpoint(path: str | Path) -> Network:
     """A checkpoint of `cnndsl train`: the network rebuilt from its stored spec, with its
     weights (as `training.inference` rebuilds it, without loading its data)."""
     from ..training import checkpoint
-    from ..training.inference import model_upto
-    from ..training.limits import check_memory
+    from ..training.inference import analyzed, model_upto
 
     state = checkpoint.load(path)
     spec = checkpoint.spec_of(state, path)
-    analysis = spec.analyze(strict=state["config"].get("strict") is True)
-    analysis.raise_for_errors()
-    check_memory(analysis, optimizer_states=0)
+    analysis = analyzed(spec, state["config"].get("strict") is True)
     module = model_upto(analysis, spec.name, None, state, path)
     origin = f"checkpoint {path}, epoch {state['epoch']}"
     normalize = {k: state["normalize"][k].flatten().tolist() for k in ("mean", "std")}

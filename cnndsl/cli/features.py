@@ -70,7 +70,7 @@ def _with_weights(args) -> dict:
     check_batch_size(args.batch_size)
     spec = resolve(args.checkpoint)
     config = make_config(spec, {"data": args.data, "device": args.device})
-    analysis = analyzed(spec, config)
+    analysis = analyzed(spec, config.strict)
     whole = build_module(analysis.graph, spec.name)
     print(f"weights {weights.load(whole, args.weights)}")
     model = model_upto(analysis, spec.name, args.layer, {"model": whole.state_dict()}, args.weights)

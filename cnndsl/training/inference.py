@@ -15,7 +15,7 @@ def load_for_inference(args, layer: str | None = None) -> dict:
     state = checkpoint.load(args.checkpoint)
     spec = checkpoint.spec_of(state, args.checkpoint)
     config = make_config(spec, {"data": args.data, "device": args.device}, base=state["config"])
-    analysis = analyzed(spec, config)
+    analysis = analyzed(spec, config.strict)
     model = model_upto(analysis, spec.name, layer, state, args.checkpoint)
     norm = state["normalize"]
     used = put_to_use(model, analysis, config, (norm["mean"], norm["std"]))
@@ -31,12 +31,12 @@ def check_batch_size(batch_size: int) -> None:
         raise CnnDslError(f"--batch-size must be a positive whole number, got {batch_size}")
 
 
-def analyzed(spec, config):
+def analyzed(spec, strict: bool):
     """The spec's analysis, refused with its errors, and refused before torch allocates the
     weights when they would not fit in memory."""
     from .limits import check_memory
 
-    analysis = spec.analyze(strict=config.strict)
+    analysis = spec.analyze(strict=strict)
     analysis.raise_for_errors()
     check_memory(analysis, optimizer_states=0)
     return analysis
