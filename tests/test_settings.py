@@ -52,6 +52,8 @@ FLAGS_BEFORE = {
     "--cache": "cache", "--workers": "workers", "--skip-bad-images": "skip_bad_images",
     # added with the logs
     "--tensorboard": "tensorboard",
+    # added to compare families fairly: a CIFAR-10 recipe's augmentation off on digits
+    "--no-augment": "augment",
 }
 
 
@@ -191,7 +193,7 @@ def test_flag_types_are_as_before(capsys):
 def test_spec_only_and_flag_only_settings():
     spec_only = {s.name for s in SETTINGS if s.spec_only}
     flag_only = {s.name for s in SETTINGS if s.flag_only}
-    assert spec_only == {"step_size", "gamma", "augment"}
+    assert spec_only == {"step_size", "gamma"}
     assert flag_only == {"limit", "device", "bf16", "channels_last", "compile", "init_from",
                          "freeze", "strict", "cache", "workers", "skip_bad_images"}
 
@@ -350,3 +352,22 @@ def test_analyze_checks_the_train_section_too(tmp_path, capsys, train, words):
     assert main(["analyze", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}:{words}" in err and "Traceback" not in err
+
+
+def test_no_augment_empties_the_specs_augmentation(tmp_path):
+    path = spec_file(tmp_path, "  augment: {hflip: true, crop: 2}")
+    spec = load(path)
+    assert make_config(spec).augment == {"hflip": True, "crop": 2}
+    given = train_parser().parse_args([str(path), "--no-augment"])
+    assert given.augment == {}
+    assert make_config(spec, {"augment": given.augment}).augment == {}
+    assert train_parser().parse_args([str(path)]).augment is None   # not given: the spec's stays
+
+
+def test_a_run_with_no_augment_records_none(tmp_path, capsys):
+    path = spec_file(tmp_path, "  augment: {hflip: true, crop: 2}")
+    status, _, err = run_cli(capsys, "train", path, *QUICK, "--no-augment", "--out", tmp_path / "run")
+    assert status == 0, err
+    from cnndsl.training import checkpoint
+
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["config"]["augment"] == {}

@@ -34,7 +34,7 @@ class Setting:
     key: str | None = None     # its key in a spec's `train:` section, dotted when nested
                                # ("optimizer.lr"); None: a flag only
     flag: str | None = None    # its flag ("--lr"; "--no-bf16" turns a setting that is on by
-                               # default off); None: the spec only
+                               # default off, "--no-augment" empties one); None: the spec only
     help: str | None = None    # the flag's --help text (None: argparse shows none)
     metavar: str | None = None
     choices: tuple = ()        # the values a text setting may take
@@ -95,7 +95,9 @@ SETTINGS = (
             flag="--skip-bad-images",
             help="count images that cannot be decoded and go on, instead of stopping"),
     Setting("augment", dict, {}, "the notes' \"create virtual training data\": hflip, crop, "
-            "jitter, affine (see augment.py)", key="augment", check=_augment),
+            "jitter, affine (see augment.py)", key="augment", check=_augment,
+            flag="--no-augment", help="train without the spec's augmentation (its `augment:`), "
+                                      "e.g. a CIFAR-10 recipe's flips on digits"),
     # model
     Setting("init", str, "default", "default (PyTorch's) | xavier (the notes: Var(W) = 1/n_in) "
             "| kaiming (He et al. 2015: Var(W) = 2/n_in, for ReLU nets)",
@@ -249,6 +251,8 @@ def add_flags(parser) -> None:
             options["metavar"] = s.metavar
         if s.type is bool:
             options.update(action="store_const", const=not s.flag.startswith("--no-"))
+        elif s.type is dict:   # only ever turned off: --no-augment
+            options.update(action="store_const", const={})
         elif s.choices:
             options["choices"] = list(s.choices)
         elif s.type is int:
