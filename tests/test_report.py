@@ -596,3 +596,23 @@ def test_browser_hostile_spec_runs_no_script_of_its_own(browser, tmp_path):
     assert browser.title == "cnndsl report: </title><script>alert(1)</script>"
     assert browser.execute_script("return document.querySelectorAll('script').length") == 1
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0
+
+
+def test_the_pages_counting_conventions_say_what_the_analysis_counts():
+    """The per-element FLOPs the page states for each kind ("2 for RELU6, …") are what
+    cnndsl counts (cnndsl/layers.py), checked kind by kind on a 4×6×6 input."""
+    import re
+
+    text = html_report.CONVENTIONS
+    # "N for KIND, KIND and KIND" (not "size + 4 for LRN": that one depends on an option)
+    clauses = re.findall(r"(?<!\+ )\b(\d+) for ((?:[A-Z0-9/]+(?:, | and )?)+)", text)
+    assert len(clauses) >= 6, clauses
+    checked = 0
+    for per_element, kinds in clauses:
+        for kind in re.split(r", | and ", kinds):
+            written = kind.split("/")[0]
+            analysis = resolve(f"INPUT(4, 6, 6) -> {written}").analyze()
+            row = analysis.layers()[1]
+            assert row["flops"] == int(per_element) * 4 * 6 * 6, (kind, row["flops"])
+            checked += 1
+    assert checked >= 14
