@@ -91,6 +91,16 @@ def add_family_flags(p) -> None:
                         "`family:`: N=2, N=0..3 (both ends included), c=16,32, pool?=yes")
 
 
+def add_member_flags(p) -> None:
+    """The flags that `draw` and `report` share for the one network they show: fit,
+    --overwrite of FILE, the size guard, and a family member's variables."""
+    p.add_argument("--strict", action="store_true", help="a layer that does not fit is an error")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
+                   help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
+    add_family_flags(p)   # a family's member: every variable one value
+
+
 def add_parser(commands):
     p = commands.add_parser("analyze", help="shapes, fit, params, MACs, memory, receptive field")
     p.add_argument("spec", help="a .yaml/.yml/.cnn file, a zoo name (vgg16), or inline DSL text")

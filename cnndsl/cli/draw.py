@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import clip
-from ..lang.expand import DEFAULT_MAX_LAYERS
-from .analyze import _input_shape, _positive, add_family_flags
+from .analyze import _input_shape, _positive, add_member_flags
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics, check_out
 
 
@@ -23,11 +22,7 @@ def add_parser(commands):
     p.add_argument("--depth", type=_positive, metavar="N",
                    help="one box per block for layers nested deeper than N name parts")
     p.add_argument("--input", type=_input_shape, metavar="C,H,W", help="override the spec's input")
-    p.add_argument("--strict", action="store_true", help="a layer that does not fit is an error")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
-                   help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
-    add_family_flags(p)   # a family's member: every variable one value
+    add_member_flags(p)
     return p
 
 

@@ -14,8 +14,7 @@ import math
 from pathlib import Path
 
 from ..errors import CnnDslError
-from ..lang.expand import DEFAULT_MAX_LAYERS
-from .analyze import _input_shape, _positive, add_family_flags
+from .analyze import _input_shape, _positive, add_member_flags
 from .common import EXIT_OK, EXIT_SPEC_ERROR, print_diagnostics, check_out
 from .draw import _one_line
 
@@ -37,11 +36,7 @@ def add_parser(commands):
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "none"],
                    help="optimiser state in the training-memory estimate (default: the spec's, "
                         "or sgd; a run's: its own)")
-    p.add_argument("--strict", action="store_true", help="a layer that does not fit is an error")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--max-layers", type=_positive, default=DEFAULT_MAX_LAYERS,
-                   help=f"refuse networks that expand to more layers (default {DEFAULT_MAX_LAYERS:,})")
-    add_family_flags(p)   # a family's member: every variable one value
+    add_member_flags(p)
     return p
 
 

@@ -108,20 +108,25 @@ def skip_line(f, budget: int) -> int:
     return read
 
 
+def parsed_record(line: bytes) -> dict | None:
+    """The line as a JSON object with a whole-number `epoch` (not true/false), or None."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):   # torn, binary, not JSON, nested too deep
+        return None
+    if not isinstance(record, dict) or type(record.get("epoch")) is not int:
+        return None
+    return record
+
+
 def epoch_record(line: bytes, after: int = 0) -> dict | None:
     """The line's record, flattened, if it is one of an epoch after `after`; else None.
 
     An epoch record is a JSON object whose `epoch` is a whole number (not true/false)
     greater than `after`, with at most MAX_KEYS keys of at most MAX_KEY_LENGTH
     characters once flattened."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):   # torn, binary, not JSON, nested too deep
-        return None
-    if not isinstance(record, dict):
-        return None
-    epoch = record.get("epoch")
-    if type(epoch) is not int or epoch <= after:
+    record = parsed_record(line)
+    if record is None or record["epoch"] <= after:
         return None
     try:
         return flatten(record)

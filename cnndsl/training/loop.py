@@ -14,7 +14,6 @@ even when it was killed with kill -9 in the middle of epoch k + 1.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,7 +29,7 @@ from ..errors import CnnDslError, did_you_mean
 from ..graph import shape_text
 from . import checkpoint, limits, logs, rundir, throughput
 from .augment import build_augment
-from .curves import LINE_LIMIT, READ_LIMIT as METRICS_LIMIT, skip_line
+from .curves import LINE_LIMIT, READ_LIMIT as METRICS_LIMIT, parsed_record, skip_line
 from .data import load_data
 from .splits import split_stats
 from .evaluate import evaluate
@@ -450,14 +449,8 @@ def _read_metrics(path: Path, epoch: int) -> tuple[list[str], bool, str | None]:
 
 def _epoch_record(line: bytes, after: int, epoch: int) -> dict | None:
     """The line's record if it is one of an epoch in after+1..epoch, else None."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):   # torn, binary, not JSON, nested too deep
-        return None
-    if not isinstance(record, dict):
-        return None
-    e = record.get("epoch")
-    return record if type(e) is int and after < e <= epoch else None
+    record = parsed_record(line)
+    return record if record is not None and after < record["epoch"] <= epoch else None
 
 
 def _finish(run: Run) -> dict:
